@@ -106,7 +106,8 @@ def test_truncated_gguf_blob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert "truncated or corrupted" in err.value.one_line()
     from ollama_slim import paths
 
-    assert not list((paths.home() / "models").glob("sha256*")), "nothing may be written for a broken blob"
+    digest = hashlib.sha256(b"GGUF\x03\x00\x00\x00truncated").hexdigest()
+    assert not list((paths.home() / "models").glob(f"*{digest[:16]}*")), "nothing may be written for a broken blob"
 
 
 @pytest.mark.slow
