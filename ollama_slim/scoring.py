@@ -36,7 +36,7 @@ def score_shared_prefix(model: Any, prompt: list[int], candidates: list[list[int
     device = model.get_input_embeddings().weight.device
     out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:, :]  # [1, 1, V] predicts each candidate's first token
-    cache = out.past_key_values
+    cache = out.cache
     n, p = len(candidates), len(prompt)
     cache.batch_repeat_interleave(n)
     ids, mask = _pad(candidates, pad_id)
