@@ -2,8 +2,9 @@
 
 Each stage has a key: a hash of the options it depends on and of the key of the
 stage before it. A stage whose key matches the one recorded in ``state.json`` and
-whose outputs all exist is skipped, so an interrupted run resumes; ``redo_from``
-forces that stage and every later one to run again.
+whose outputs all exist is skipped, so an interrupted run resumes; once a stage
+runs, every later one runs too (its input changed); ``redo_from`` forces that stage
+and every later one to run again.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StageRunner:
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     _previous: str = field(default="", init=False)
+    _ran: bool = field(default=False, init=False)  # once a stage runs, later ones must too
 
     def __post_init__(self) -> None:
         if self.redo_from is not None and self.redo_from not in self.order:
@@ -58,12 +60,13 @@ class StageRunner:
         self._previous = key
         recorded = self._state().get(name, {})
         done = recorded.get("key") == key and all(Path(p).exists() for p in outputs)
-        if done and not self._forced(name):
+        if done and not self._forced(name) and not self._ran:
             self.skipped.append(name)
             self.timings[name] = recorded.get("seconds", 0.0)
             self._emit(name, "skip")
             return False
         self._emit(name, "run")
+        self._ran = True
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
