@@ -1,0 +1,129 @@
+"""Register a GGUF in Ollama through the official client (design §7).
+
+``create_blob`` uploads the GGUF (content-addressed; the server checks its sha256), then
+``create(model=, files={name: digest}, template=, parameters=)`` makes the model, with the
+template and stop tokens of the Modelfile beside the GGUF (written first when missing).
+An existing model is never replaced without ``force``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import ExportError, OllamaError, RunError, UsageError
+from .modelfile import ModelfileSpec, chat_for, modelfile_path_for, read_modelfile, write_modelfile_for
+from .ollama_api import ApiOptions, call, client, find_model, host_url
+from .runs import RunLayout
+from .tags import parse_name
+
+BLOB_NAME = "model.gguf"  # the file name sent in `files`: a relative path Ollama always accepts
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """A model registered in Ollama, and what it was made from."""
+
+    name: str
+    host: str
+    gguf: Path
+    modelfile: Path
+    digest: str
+    size_bytes: int
+    replaced: bool
+    template_source: str
+    stops: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(gguf=str(self.gguf), modelfile=str(self.modelfile), stops=list(self.stops))
+        return d
+
+
+def register(*, source: str | Path, name: str, force: bool = False, host: str | None = None, api: ApiOptions | None = None, chat: str | None = None) -> RegisterResult:
+    """Register the GGUF ``source`` (a file, or a run directory holding one) as ``name``.
+
+    Raises :class:`UsageError` for a name Ollama would refuse, :class:`OllamaError` when the
+    server is down, slow or refuses, or when ``name`` exists and ``force`` is not set.
+    """
+    parse_name(name)  # Ollama's name rules, before any upload
+    options = api or ApiOptions()
+    options = replace(options, host=host) if host is not None else options
+    gguf = find_gguf(Path(source))
+    modelfile, spec = modelfile_for(gguf, chat=chat, options=options)
+    ollama = client(options)
+    call(ollama.list, action="list its models", options=options, safe=True)  # one clear line if no server
+    replaced = find_model(ollama, name, options=options) is not None
+    if replaced and not force:
+        raise OllamaError(f"model {name!r} already exists in Ollama at {host_url(options.host)}", hint="pass --force to replace it, or choose another --name")
+    digest = call(lambda: ollama.create_blob(gguf), action=f"upload {gguf.name}", options=options, safe=True)
+    call(lambda: _create(ollama, name=name, digest=digest, spec=spec), action=f"create model {name!r}", options=options, safe=False)
+    if find_model(ollama, name, options=options) is None:
+        raise OllamaError(f"Ollama at {host_url(options.host)} accepted model {name!r} but does not list it", hint="see the server log and rerun")
+    result = RegisterResult(
+        name=name, host=host_url(options.host), gguf=gguf, modelfile=modelfile, digest=digest, size_bytes=gguf.stat().st_size,
+        replaced=replaced, template_source=_template_source(modelfile), stops=spec.stops,
+    )
+    if Path(source).is_dir():
+        paths.write_json(RunLayout(Path(source)).register, result.to_json())
+    return result
+
+
+def _create(ollama: Any, *, name: str, digest: str, spec: ModelfileSpec) -> Any:
+    """One ``create`` call: ``files`` and never ``from`` (Ollama would ignore the files)."""
+    parameters: dict[str, Any] = {key: typed(value) for key, value in spec.parameters}
+    if spec.stops:
+        parameters["stop"] = list(spec.stops)
+    return ollama.create(
+        model=name, files={BLOB_NAME: digest}, template=spec.template or None, system=spec.system,
+        license=spec.license, parameters=parameters or None, stream=False,
+    )
+
+
+def typed(value: str) -> Any:
+    """A Modelfile parameter value as JSON wants it: ``"4096"`` -> 4096, ``"0.7"`` -> 0.7."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def find_gguf(source: Path) -> Path:
+    """The GGUF to register: ``source`` itself, or the one GGUF of a run directory."""
+    if source.is_dir():
+        layout = RunLayout(source)
+        found = [layout.gguf] if layout.gguf.is_file() else sorted(source.glob("*.gguf"))
+        if not found:
+            raise RunError(f"{source} holds no GGUF", hint="export one first: ollama-slim export DIR --outtype q8_0")
+        if len(found) > 1:
+            raise UsageError(f"{source} holds {len(found)} GGUF files", hint=f"name one: {', '.join(p.name for p in found[:4])}")
+        source = found[0]
+    if not source.is_file():
+        raise UsageError(f"{source} does not exist", hint="pass a GGUF file or a run directory")
+    with source.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ExportError(f"{source} is not a GGUF file", hint="export the model first: ollama-slim export DIR")
+    return source
+
+
+def modelfile_for(gguf: Path, *, chat: str | None, options: ApiOptions) -> tuple[Path, ModelfileSpec]:
+    """The Modelfile beside ``gguf`` (written when missing or when ``chat`` is forced), parsed."""
+    path = modelfile_path_for(gguf)
+    if chat is not None or not path.is_file():
+        write_modelfile_for(gguf, chat=chat_for(gguf=gguf, chat=chat, options=options), out=path)
+    spec = read_modelfile(path)
+    target = (path.parent / spec.from_).resolve() if not Path(spec.from_).is_absolute() else Path(spec.from_)
+    if target != gguf.resolve():
+        raise ExportError(f"{path} says FROM {spec.from_}, not {gguf.name}", hint="fix its FROM line, or delete the Modelfile to have it written again")
+    return path, spec
+
+
+def _template_source(modelfile: Path) -> str:
+    for line in modelfile.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# template and stop tokens from: "):
+            return line.split(": ", 1)[1]
+    return "Modelfile"
