@@ -1,0 +1,52 @@
+"""``ollama-slim build``: a compact model from a subset of layers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..bridges import BRIDGES
+
+
+@click.command("build")
+@click.argument("model")
+@click.option("--layers", metavar="LIST", help="Layers to keep, in order: comma-separated indices or ranges, e.g. 0,1,2,27-29.")
+@click.option("--selection", type=click.Path(dir_okay=False, path_type=Path), help="A selection file written by `ollama-slim select` (instead of --layers).")
+@click.option("--bridge", type=click.Choice(sorted(BRIDGES)), default="none", show_default=True, help="How to bridge the gaps left by removed layers.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: ./<model>-keep<N>].")
+@click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or local directory to use for MODEL.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True, help="Weight dtype of the compact model.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(model: str, layers: str | None, selection: Path | None, bridge: str, out_dir: Path | None, hf: str | None, dtype: str, force: bool, as_json: bool) -> None:
+    """Build a compact model from MODEL keeping only some decoder layers.
+
+    MODEL is an Ollama tag, a Hugging Face directory or a GGUF file. The kept layers
+    are renumbered and saved with the tokenizer and chat template as a plain
+    safetensors directory (loadable by `from_pretrained`), with a slim.json recording
+    where it came from. Then: `ollama-slim export DIR`.
+    """
+    from ..build import BuildConfig, build_compact, parse_layers
+
+    config = BuildConfig(
+        model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
+        out_dir=out_dir, bridge=bridge, dtype=dtype, hf=hf, force=force,
+    )
+    with Console(stderr=True).status(f"Building a compact {model}..."):
+        result = build_compact(config)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table(title=f"ollama-slim build {model}", show_header=False)
+    rows = [
+        ("kept layers", f"{','.join(map(str, result.kept))} ({len(result.kept)} of {result.num_layers_before})"),
+        ("parameters", f"{result.num_params_before / 1e6:.1f}M -> {result.num_params_after / 1e6:.1f}M"),
+        ("bridge", result.bridge.get("kind", bridge)), ("written to", str(result.out_dir)), ("time", f"{result.seconds:.1f}s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)

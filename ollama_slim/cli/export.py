@@ -1,0 +1,47 @@
+"""``ollama-slim export``: a model directory -> one GGUF, checked by llama.cpp."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..export import outtypes
+
+
+@click.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--outtype", type=click.Choice(outtypes()), default="f16", show_default=True, help="Tensor type: f32/f16/bf16/q8_0 written directly, K-quants (q4_k_m...) by llama.cpp's quantizer.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output GGUF file [default: <DIR>-<outtype>.gguf beside DIR].")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--no-check", is_flag=True, help="Skip the acceptance check (llama.cpp vs transformers logits).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(model_dir: Path, outtype: str, out: Path | None, force: bool, no_check: bool, as_json: bool) -> None:
+    """Export MODEL_DIR (a `build` output or any Llama/Qwen2 directory) to GGUF.
+
+    The GGUF carries the tokenizer, chat template and provenance (source model, kept
+    layers, bridge). Unless --no-check, llama.cpp loads it and its logits on 20
+    fixed prompts are compared with transformers'; a GGUF that fails is not kept.
+    """
+    from ..export import ExportConfig, export_gguf
+
+    config = ExportConfig(model_dir=model_dir, outtype=outtype, out=out, force=force, check=not no_check)
+    with Console(stderr=True).status(f"Exporting {model_dir} to {outtype} GGUF{'' if no_check else ' and checking it in llama.cpp'}..."):
+        result = export_gguf(config)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table(title=f"ollama-slim export {model_dir}", show_header=False)
+    table.add_row("GGUF", str(result.path))
+    table.add_row("size", f"{result.size_bytes / 2**20:.1f} MiB ({result.n_tensors} tensors, {outtype})")
+    table.add_row("tokenizer", f"{result.tokenizer} (pre-tokenizer {result.pre_tokenizer})")
+    check = result.check
+    if check is None:
+        table.add_row("llama.cpp check", "skipped (--no-check)")
+    else:
+        table.add_row("llama.cpp check", f"[green]passed[/green]: max |dlogit| {check.max_abs_diff:.3g} ({check.rel_diff:.2g} x max |logit|), top-1 {check.top1_agree}/{check.n_prompts}, top-5 {check.top5_agree}/{check.n_prompts}")
+    table.add_row("time", f"{result.seconds:.1f}s")
+    Console().print(table)

@@ -1,0 +1,472 @@
+"""The ``export`` stage: a Hugging Face directory -> one GGUF that llama.cpp and Ollama run.
+
+Design §7. Tensors are renamed with the family table's ``gguf_tensors``, Q/K rows
+are permuted where llama.cpp's rope layout differs from transformers' (``llama``),
+metadata comes from ``_data/gguf_export.json``, the tokenizer from the source GGUF
+or ``tokenizer.json``. f32/f16/bf16/q8_0 are written directly; K-quants are made
+from an f32 GGUF by llama.cpp's own quantizer. Every export is accepted only after
+:func:`check_gguf` has compared llama.cpp's logits with transformers'.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__, paths
+from .build import read_provenance
+from .errors import ExportError, UsageError
+from .families import Family, family
+from .gguf_tokenizer import GGUFTokenizer, export_tables, from_source_gguf, from_tokenizer_json
+
+PROVENANCE_PREFIX = "ollama_slim."
+
+
+def outtypes() -> list[str]:
+    """The ``--outtype`` names, direct ones first."""
+    return list(export_tables()["outtypes"])
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export: a HF directory (usually a ``build`` output) and how."""
+
+    model_dir: Path
+    outtype: str = "f16"
+    out: Path | None = None
+    force: bool = False
+    check: bool = True
+    prompts: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """llama.cpp vs transformers on the same token ids (logits of every position)."""
+
+    passed: bool
+    reason: str
+    n_prompts: int
+    n_tokens: int
+    max_abs_diff: float
+    max_abs_logit: float
+    rel_diff: float  # max_abs_diff / max_abs_logit
+    top1_agree: int  # prompts whose last-position argmax agrees
+    top5_agree: int  # prompts whose transformers argmax is among llama.cpp's top 5
+    thresholds: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A GGUF on disk and how it was checked."""
+
+    path: Path
+    outtype: str
+    size_bytes: int
+    n_tensors: int
+    tokenizer: str
+    pre_tokenizer: str
+    check: CheckResult | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        d["check"] = self.check.to_json() if self.check else None
+        return d
+
+
+# --- the stage ------------------------------------------------------------------------
+
+
+def default_out(model_dir: Path, outtype: str) -> Path:
+    """``runs/s10`` + ``q8_0`` -> ``runs/s10-q8_0.gguf`` (beside the directory)."""
+    model_dir = Path(model_dir).resolve()
+    return model_dir.with_name(f"{model_dir.name}-{outtype}.gguf")
+
+
+def export_gguf(config: ExportConfig) -> ExportResult:
+    """Write ``config.model_dir`` as a GGUF of ``config.outtype``, checked by llama.cpp.
+
+    Nothing half-written survives: the file is built and checked under a temp name,
+    then renamed. An existing output is kept unless ``force``.
+    """
+    start = time.perf_counter()
+    spec = _outtype_spec(config.outtype)
+    model_dir = Path(config.model_dir)
+    hf_config = _read_config(model_dir)
+    out = Path(config.out) if config.out else default_out(model_dir, config.outtype)
+    if out.exists() and not config.force:
+        raise UsageError(f"{out} already exists", hint="pass --force to replace it, or choose another --out")
+    with paths.atomic_path(out, suffix=".gguf") as tmp:
+        if "llama_ftype" in spec:  # llama.cpp quantizes an f32 GGUF written beside the target
+            with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
+                base = Path(work) / "f32.gguf"
+                tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype="f32", path=base)
+                quantize_gguf(src=base, dst=tmp, llama_ftype=spec["llama_ftype"])
+        else:
+            tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype=config.outtype, path=tmp)
+        check = None
+        if config.check:
+            check = check_gguf(tmp, model_dir, config.prompts, thresholds=check_thresholds(config.outtype))
+            if not check.passed:
+                raise ExportError(f"llama.cpp disagrees with transformers on the {config.outtype} export: {check.reason}", hint="the GGUF was not written; try a less lossy --outtype, or report the model")
+        size = tmp.stat().st_size
+    return ExportResult(path=out, outtype=config.outtype, size_bytes=size, n_tensors=n_tensors, tokenizer=tok.origin, pre_tokenizer=tok.pre, check=check, seconds=time.perf_counter() - start)
+
+
+def _outtype_spec(outtype: str) -> dict[str, Any]:
+    table = export_tables()["outtypes"]
+    if outtype not in table:
+        raise UsageError(f"unknown outtype {outtype!r}", hint=f"choose one of: {', '.join(table)}")
+    return table[outtype]
+
+
+def check_thresholds(outtype: str) -> dict[str, Any]:
+    """Acceptance thresholds of ``outtype`` (K-quants share one row)."""
+    table = export_tables()["check"]
+    return dict(table.get(outtype) or table["k_quant"])
+
+
+def _read_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of ``model_dir``, with ``head_dim`` filled in; clear errors otherwise."""
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir} is not a directory", hint="pass the directory `ollama-slim build` wrote")
+    file = model_dir / "config.json"
+    if not file.is_file() or not list(model_dir.glob("*.safetensors")):
+        raise ExportError(f"{model_dir} is not a Hugging Face model directory (config.json and *.safetensors needed)", hint="pass the directory `ollama-slim build` wrote")
+    cfg = json.loads(file.read_text(encoding="utf-8"))
+    family(cfg.get("model_type", "?"))  # unsupported architectures fail here, clearly
+    if not cfg.get("head_dim"):
+        cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
+    return cfg
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path: Path) -> tuple[GGUFTokenizer, int]:
+    """Write metadata, tokenizer and tensors of ``model_dir`` to ``path`` (one GGUF)."""
+    import gguf
+
+    fam = family(hf_config["model_type"])
+    spec = _outtype_spec(outtype)
+    tok = _tokenizer(model_dir, hf_config)
+    writer = gguf.GGUFWriter(str(path), fam.gguf_arch)
+    _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec)
+    _add_hparams(writer, arch=fam.gguf_arch, hf_config=hf_config)
+    _add_tokenizer(writer, tok)
+    n_tensors = 0
+    for name, array, qtype in _tensors(model_dir=model_dir, fam=fam, hf_config=hf_config, spec=spec):
+        writer.add_tensor(name, array, raw_dtype=qtype)
+        n_tensors += 1
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return tok, n_tensors
+
+
+def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """``general.*`` and the provenance under ``ollama_slim.*``."""
+    import gguf
+
+    prov = read_provenance(model_dir)
+    source = prov.get("source") or {}
+    base = source.get("tag") or source.get("hf_repo") or source.get("ref") or model_dir.name
+    kept = prov.get("kept")
+    writer.add_name(f"{base} slim ({len(kept)} of {prov.get('num_layers')} layers)" if kept else str(base))
+    writer.add_file_type(getattr(gguf.LlamaFileType, spec.get("file_type", "ALL_F32")))
+    if spec.get("tensor_type") not in (None, "F32", "F16", "BF16"):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string(PROVENANCE_PREFIX + "version", __version__)
+    writer.add_string(PROVENANCE_PREFIX + "source", str(source.get("tag") or source.get("origin") or model_dir))
+    if kept:
+        writer.add_array(PROVENANCE_PREFIX + "kept_layers", [int(i) for i in kept])
+        writer.add_uint32(PROVENANCE_PREFIX + "original_layers", int(prov.get("num_layers") or 0))
+    writer.add_string(PROVENANCE_PREFIX + "bridge", str((prov.get("bridge") or {}).get("kind", "none")))
+    writer.add_string(PROVENANCE_PREFIX + "data", json.dumps(prov.get("data")))
+    writer.add_string(PROVENANCE_PREFIX + "provenance", json.dumps(prov, sort_keys=True, default=str))
+
+
+def _config_value(hf_config: dict[str, Any], dotted: str) -> Any:
+    value: Any = hf_config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return None
+        value = value[part]
+    return value
+
+
+def _add_hparams(writer: Any, *, arch: str, hf_config: dict[str, Any]) -> None:
+    """``<arch>.*`` hyper-parameters from the metadata table, plus rope scaling."""
+    for row in export_tables()["metadata"]:
+        value = next((v for v in (_config_value(hf_config, p) for p in row["from"]) if v is not None), None)
+        if value is None:
+            raise ExportError(f"config.json has none of {', '.join(row['from'])} (needed for {arch}.{row['key']})", hint="the model config is incomplete")
+        if row["type"] == "uint32":
+            writer.add_uint32(f"{arch}.{row['key']}", int(value))
+        else:
+            writer.add_float32(f"{arch}.{row['key']}", float(value))
+    rope = _rope(hf_config)
+    if rope.get("scaling_type"):
+        writer.add_string(f"{arch}.rope.scaling.type", rope["scaling_type"])
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(_config_value(hf_config, "rope_parameters.factor") or 1.0))
+
+
+def _rope(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """The rope-type row of the table for this config; a clear error for unsupported kinds."""
+    params = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    kind = params.get("rope_type") or params.get("type") or "default"
+    table = export_tables()["rope_types"]
+    if kind not in table or kind.startswith("_"):
+        raise ExportError(f"rope type {kind!r} cannot be exported yet", hint=f"supported: {', '.join(k for k in table if not k.startswith('_'))}")
+    return table[kind]
+
+
+def _tokenizer(model_dir: Path, hf_config: dict[str, Any]) -> GGUFTokenizer:
+    """Tokenizer fields: copied from the source GGUF when there is one, else derived."""
+    from .modeling import load_tokenizer
+
+    source = (read_provenance(model_dir).get("source") or {}).get("gguf_path")
+    vocab = int(hf_config["vocab_size"])
+    if source and Path(source).is_file():
+        copied = from_source_gguf(Path(source), vocab_size=vocab)
+        if copied is not None:
+            return _with_template(copied, model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    return _with_template(from_tokenizer_json(model_dir, vocab_size=vocab, tokenizer=tokenizer), model_dir)
+
+
+def _with_template(tok: GGUFTokenizer, model_dir: Path) -> GGUFTokenizer:
+    """Attach the chat template saved with the model (``chat_template.jinja`` or tokenizer_config)."""
+    jinja = model_dir / "chat_template.jinja"
+    template = jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+    config_file = model_dir / "tokenizer_config.json"
+    if template is None and config_file.is_file():
+        template = json.loads(config_file.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # several named templates: llama.cpp takes the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return GGUFTokenizer(fields=tok.fields, origin=tok.origin, pre=tok.pre, n_tokens=tok.n_tokens, chat_template=template, notes=tok.notes)
+
+
+def _add_tokenizer(writer: Any, tok: GGUFTokenizer) -> None:
+    from gguf import GGUFValueType
+
+    for key, (value, vtype, sub) in tok.fields.items():
+        writer.add_key_value(key, value, GGUFValueType[vtype], sub_type=GGUFValueType[sub] if sub else None)
+    if tok.chat_template:
+        writer.add_chat_template(tok.chat_template)
+
+
+# --- tensors --------------------------------------------------------------------------
+
+
+def _tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], spec: dict[str, Any]):
+    """Yield ``(gguf_name, array, raw_qtype_or_None)`` for every tensor, in GGUF order."""
+    from safetensors import safe_open
+
+    names = _gguf_names(fam)
+    tied = bool(hf_config.get("tie_word_embeddings", False))
+    factors = _rope_freqs(hf_config)
+    if factors is not None:
+        yield _rope(hf_config)["freqs_tensor"], factors, None
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for hf_name in f.keys():
+                if tied and hf_name == f"{fam.lm_head}.weight":
+                    continue  # llama.cpp reuses token_embd when output.weight is absent
+                gguf_name = _gguf_name(names, hf_name, layers=fam.layers)
+                array = f.get_tensor(hf_name).float().numpy()
+                array = _permute_for_rope(array, hf_name=hf_name, fam=fam, hf_config=hf_config)
+                yield (gguf_name, *_encode(array, spec=spec))
+
+
+def _gguf_names(fam: Family) -> dict[str, str]:
+    return dict(fam.gguf_tensors)
+
+
+def _gguf_name(names: dict[str, str], hf_name: str, *, layers: str) -> str:
+    """``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight`` (family table)."""
+    match = re.match(rf"^{re.escape(layers)}\.(\d+)\.(.+)$", hf_name)
+    template = f"{layers}.{{i}}.{match[2]}" if match else hf_name
+    if template not in names:
+        raise ExportError(f"tensor {hf_name} has no GGUF name in the family table", hint="this model has modules the exporter does not know; add them to ollama_slim/_data/families.json")
+    return names[template].format(i=int(match[1])) if match else names[template]
+
+
+def _permute_for_rope(array: Any, *, hf_name: str, fam: Family, hf_config: dict[str, Any]) -> Any:
+    """Reorder Q/K rows from transformers' half-split rope to llama.cpp's interleaved one.
+
+    Per head, the ``head_dim`` rows ``[x_0..x_{h/2-1}, y_0..y_{h/2-1}]`` become
+    ``[x_0, y_0, x_1, y_1, ...]``. ``array``: ``(heads * head_dim, d)`` or bias ``(heads * head_dim,)``.
+    """
+    if not fam.gguf_permute_qk:
+        return array
+    q_name, k_name = fam.attn_in[0], fam.attn_in[1]
+    if f".{q_name}." in hf_name:
+        heads = int(hf_config["num_attention_heads"])
+    elif f".{k_name}." in hf_name:
+        heads = int(hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"])
+    else:
+        return array
+    rows = array.shape[0]
+    rest = array.shape[1:]
+    return array.reshape(heads, 2, rows // heads // 2, *rest).swapaxes(1, 2).reshape(rows, *rest).copy()
+
+
+def _encode(array: Any, *, spec: dict[str, Any]) -> tuple[Any, Any]:
+    """``(array, qtype)`` in the outtype's encoding; vectors stay f32 as llama.cpp wants."""
+    import gguf
+    import numpy as np
+
+    kind = spec.get("tensor_type", "F32")
+    if array.ndim < 2 or kind == "F32":
+        return np.ascontiguousarray(array, dtype=np.float32), None
+    qtype = gguf.GGMLQuantizationType[kind]
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    if array.shape[-1] % block:
+        qtype = gguf.GGMLQuantizationType[spec.get("fallback", "F16")]
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return array.astype(np.float16), None
+    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
+
+
+def _rope_freqs(hf_config: dict[str, Any]) -> Any:
+    """Llama-3 rope: per-frequency divisors of the base frequencies, shape ``(head_dim / 2,)``."""
+    import numpy as np
+
+    if "freqs_tensor" not in _rope(hf_config):
+        return None
+    p = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    theta = float(_config_value(hf_config, "rope_parameters.rope_theta") or hf_config.get("rope_theta") or 10000.0)
+    dim = int(hf_config["head_dim"])
+    factor, low, high = float(p["factor"]), float(p["low_freq_factor"]), float(p["high_freq_factor"])
+    original = float(p["original_max_position_embeddings"])
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original / wavelen - low) / (high - low)
+    mid = 1.0 / ((1 - smooth) / factor + smooth)
+    out = np.where(wavelen < original / high, 1.0, np.where(wavelen > original / low, factor, mid))
+    return out.astype(np.float32)
+
+
+# --- K-quants -------------------------------------------------------------------------
+
+
+def quantize_gguf(*, src: Path, dst: Path, llama_ftype: str) -> None:
+    """llama.cpp's quantizer (through llama-cpp-python): ``src`` (f32/f16) -> ``dst``."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, llama_ftype)
+    params.nthread = os.cpu_count() or 1
+    with native_output() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "no message")
+        raise ExportError(f"llama.cpp's quantizer failed ({llama_ftype}, code {rc}: {last.strip()})", hint="try --outtype q8_0 or f16")
+
+
+@contextmanager
+def native_output() -> Iterator[Path]:
+    """Send what native code writes to fds 1 and 2 into a temp file (yielded) instead of the terminal."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.NamedTemporaryFile(prefix="ollama-slim-native-", suffix=".log") as log:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield Path(log.name)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+# --- the acceptance check -------------------------------------------------------------
+
+
+def check_gguf(gguf_path: str | Path, hf_dir: str | Path, prompts: list[str] | tuple[str, ...] | None = None, *, thresholds: dict[str, Any] | None = None) -> CheckResult:
+    """Run the same token ids through llama.cpp (the GGUF) and transformers (``hf_dir``).
+
+    Compares the logits of every position (``(n_tokens, vocab)`` per prompt): the
+    max abs difference relative to the max abs logit, and the last-position argmax.
+    Default thresholds are the f32 ones; default prompts the 20 of the export table.
+    """
+    from .modeling import load
+
+    prompts = list(prompts or export_tables()["check_prompts"])
+    limits = thresholds or check_thresholds("f32")
+    model, tokenizer = load(hf_dir)
+    token_ids = [tokenizer(p).input_ids[:256] for p in prompts]
+    hf_logits = [_hf_logits(model, ids) for ids in token_ids]
+    gg_logits = _llama_logits(Path(gguf_path), token_ids)
+    return _compare(hf_logits, gg_logits, limits)
+
+
+def _hf_logits(model: Any, ids: list[int]) -> Any:
+    """``(len(ids), vocab)`` float32 logits of transformers."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def _llama_logits(gguf_path: Path, token_ids: list[list[int]]) -> list[Any]:
+    """``(len(ids), vocab)`` float32 logits of llama.cpp for each token list."""
+    import numpy as np
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    n_ctx = max(len(ids) for ids in token_ids) + 8
+    try:
+        llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1,
+                    type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)  # an f32 KV cache: compare the weights, not the cache
+    except Exception as err:
+        raise ExportError(f"llama.cpp cannot load the GGUF ({type(err).__name__}: {err})", hint="the GGUF was not written; report the model") from None
+    out = []
+    try:
+        for ids in token_ids:
+            llm.reset()
+            llm.eval(ids)
+            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    finally:
+        llm.close()
+    return out
+
+
+def _compare(hf_logits: list[Any], gg_logits: list[Any], limits: dict[str, Any]) -> CheckResult:
+    """Max abs difference (relative to max abs logit) and last-position top-1/top-5 agreement."""
+    import numpy as np
+
+    n = len(hf_logits)
+    max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(hf_logits, gg_logits))
+    max_logit = max(float(np.max(np.abs(a))) for a in hf_logits)
+    rel = max_diff / max(max_logit, 1e-12)
+    top1 = sum(int(np.argmax(a[-1]) == np.argmax(b[-1])) for a, b in zip(hf_logits, gg_logits))
+    top5 = sum(int(np.argmax(a[-1]) in np.argsort(b[-1])[-5:]) for a, b in zip(hf_logits, gg_logits))
+    failures = []
+    if limits.get("max_rel_diff") is not None and rel > limits["max_rel_diff"]:
+        failures.append(f"max |dlogit| {max_diff:.3g} = {rel:.2g} x max |logit| (limit {limits['max_rel_diff']:g})")
+    for label, got, share in (("top-1", top1, limits.get("min_top1", 1.0)), ("top-1 in top-5", top5, limits.get("min_top5", 0.0))):
+        need = math.ceil(share * n - 1e-9)
+        if got < need:
+            failures.append(f"{label} agrees on {got}/{n} prompts (need {need})")
+    return CheckResult(
+        passed=not failures, reason="; ".join(failures) or "ok", n_prompts=n, n_tokens=sum(len(a) for a in hf_logits),
+        max_abs_diff=max_diff, max_abs_logit=max_logit, rel_diff=rel, top1_agree=top1, top5_agree=top5, thresholds=dict(limits),
+    )
