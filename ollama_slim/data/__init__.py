@@ -2,11 +2,15 @@
 
 Design §3: per user, items in chronological order (ties keep file order); the last
 item is the test target, the second-to-last the validation target, the rest train.
+Formats register themselves in ``LOADERS`` (plain, Amazon 2014/2023, MovieLens
+GroupLens, RecBole atomic files); named data sets (``movielens-100k``) in ``NAMED``.
 """
 
-from .core import CandidateSampler, Dataset, Example, examples, sample_candidates, select_users, train_popularity
-from .loaders import LOADERS, load_dataset
+from . import amazon, movielens  # noqa: F401  (register their loaders and named data sets)
+from .core import CandidateSampler, Dataset, Example, examples, make_dataset, sample_candidates, select_users, train_popularity
+from .loaders import LOADERS, NAMED, load_dataset
 
 __all__ = [
-    "CandidateSampler", "Dataset", "Example", "LOADERS", "examples", "load_dataset", "sample_candidates", "select_users", "train_popularity",
+    "CandidateSampler", "Dataset", "Example", "LOADERS", "NAMED", "examples", "load_dataset", "make_dataset",
+    "sample_candidates", "select_users", "train_popularity",
 ]

@@ -63,11 +63,11 @@ def open_text(path: Path):
 
 def read_lines(path: Path) -> list[str]:
     try:
-        with open_text(path) as f:
-            lines = f.read().splitlines()
+        with open_text(path) as f:  # split on newlines only: U+2028 or U+0085 inside a title is text
+            lines = [line.rstrip("\r") for line in f.read().split("\n")]
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 (byte {err.start})", hint="re-encode the file as UTF-8") from None
-    if not lines:
+    if not any(line.strip() for line in lines):
         raise DataError(f"{path} is empty", hint="check the data file")
     return lines
 
