@@ -381,61 +381,12 @@ def chat_from_ollama(name: str, *, options: ApiOptions) -> ChatSpec | None:
     return ChatSpec(template=shown.template, stops=stops, source=f"ollama show {name}")
 
 
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size value types
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
 def gguf_strings(gguf: Path) -> dict[str, str]:
-    """The string metadata of a GGUF (chat template, licence, provenance...); {} if unreadable.
+    """The string metadata of a GGUF (chat template, licence, provenance...); {} if unreadable."""
+    from .gguf_header import read_header
 
-    Reads the key-value header only (arrays such as the vocabulary are skipped), so it
-    takes milliseconds on any model.
-    """
-    import mmap
-    import struct
-
-    try:
-        with open(gguf, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if mm[:4] != b"GGUF":
-                return {}
-            (count,) = struct.unpack_from("<Q", mm, 16)
-            pos, out = 24, {}
-            for _ in range(count):
-                key, pos = _gguf_str(mm, pos)
-                (vtype,) = struct.unpack_from("<I", mm, pos)
-                if vtype == _GGUF_STRING:
-                    out[key], pos = _gguf_str(mm, pos + 4)
-                else:
-                    pos = _gguf_skip(mm, pos + 4, vtype)
-            return out
-    except (OSError, ValueError, KeyError, struct.error, UnicodeDecodeError):
-        return {}
-
-
-def _gguf_str(mm: Any, pos: int) -> tuple[str, int]:
-    import struct
-
-    (n,) = struct.unpack_from("<Q", mm, pos)
-    return mm[pos + 8 : pos + 8 + n].decode("utf-8"), pos + 8 + n
-
-
-def _gguf_skip(mm: Any, pos: int, vtype: int) -> int:
-    """The position after a value of ``vtype`` at ``pos``."""
-    import struct
-
-    if vtype in _GGUF_SIZES:
-        return pos + _GGUF_SIZES[vtype]
-    if vtype == _GGUF_STRING:
-        return pos + 8 + struct.unpack_from("<Q", mm, pos)[0]
-    if vtype != _GGUF_ARRAY:
-        raise ValueError(f"GGUF value type {vtype}")
-    etype, n = struct.unpack_from("<IQ", mm, pos)
-    pos += 12
-    if etype in _GGUF_SIZES:
-        return pos + n * _GGUF_SIZES[etype]
-    for _ in range(n):
-        pos = _gguf_skip(mm, pos, etype)
-    return pos
+    header = read_header(gguf)
+    return header.strings if header is not None else {}
 
 
 def original_of(meta: dict[str, str]) -> tuple[str | None, str | None]:

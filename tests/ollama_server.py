@@ -313,7 +313,7 @@ class Runner:
         if model.digest not in self.loaded:
             from llama_cpp import Llama
 
-            self.loaded[model.digest] = Llama(model_path=str(model.gguf), n_ctx=1024, n_threads=self.threads, n_batch=512, verbose=False, seed=0)
+            self.loaded[model.digest] = Llama(model_path=str(model.gguf), n_ctx=1024, n_threads=self.threads, n_threads_batch=self.threads, n_batch=512, verbose=False, seed=0)
         return self.loaded[model.digest]
 
 
