@@ -199,3 +199,18 @@ def test_sigkill_during_finetune_leaves_a_complete_checkpoint(tiny_llama: Path, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step 40" in done.stdout and f"step {step}\n" not in done.stdout
     assert (out / "model.safetensors").is_file()
+
+
+def test_cli_finetunes_and_reports_errors_in_one_line(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ollama_slim.cli import main
+
+    out = tmp_path / "cli-out"
+    args = ["finetune", str(tiny_llama), "--data", str(tiny_data), "--steps", "2", "--lora-rank", "2", "--batch-size", "2", "--out", str(out), "--json"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["steps"] == 2 and (out / "model.safetensors").is_file()
+    bad = CliRunner().invoke(main, ["finetune", str(tiny_llama), "--data", str(tiny_data), "--out", str(tmp_path / "o2")])
+    assert bad.exit_code == 2
+    assert "Error: give either --steps or --epochs (exactly one). e.g. --steps 150" in bad.output

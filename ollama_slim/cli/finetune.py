@@ -1,0 +1,73 @@
+"""``ollama-slim finetune``: heal a compact model (or fine-tune the full reference)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+@click.command("finetune")
+@click.argument("model", metavar="RUN_OR_MODEL")
+@click.option("--data", required=True, metavar="DIR_OR_NAME", help="Data set directory or name (its train split is used).")
+@click.option("--steps", type=int, help="Optimizer steps.")
+@click.option("--epochs", type=float, help="Passes over the train examples (instead of --steps).")
+@click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA rank (adapters are merged before saving).")
+@click.option("--full", is_flag=True, help="Train every weight instead of LoRA adapters.")
+@click.option("--distill-from", metavar="TEACHER", help="Teacher model (tag or directory, same tokenizer): adds KL on the target title tokens.")
+@click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of the distillation KL in the loss.")
+@click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step (over all processes).")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Write a checkpoint every N steps.")
+@click.option("--users", type=int, help="Train on this many users only (seeded draw).")
+@click.option("--history", type=int, default=5, show_default=True, help="History items in the prompt.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default for a run: RUN/healed].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order and initialisation.")
+@click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or local directory to use for MODEL.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
+            distill_weight: float, train_bridges: bool, lr: float, batch_size: int, checkpoint_every: int, users: int | None,
+            history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool, as_json: bool) -> None:
+    """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split.
+
+    RUN_OR_MODEL is a run directory (its compact model is healed into RUN/healed) or a
+    model (tag or directory; then --out is needed): the same command fine-tunes the
+    full model that serves as the reference. A checkpoint is written every
+    --checkpoint-every steps; after Ctrl-C, rerun the same command to resume. For
+    several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
+    """
+    from ..finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,
+        distill_from=distill_from, distill_weight=distill_weight, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
+        checkpoint_every=checkpoint_every, seed=seed, history=history, users=users, hf=hf, force=force,
+    )
+    columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True), transient=as_json) as progress:
+        task = progress.add_task("steps", total=None, loss="-")
+
+        def on_step(p) -> None:
+            progress.update(task, total=p.total, completed=p.step, loss=f"{p.loss:.4f}")
+
+        result = finetune(config, on_step=on_step)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    table = Table(title=f"ollama-slim finetune {model}", show_header=False)
+    first = f"{result.losses[0]:.4f}" if result.losses else "-"
+    rows = [
+        ("mode", result.mode), ("steps", f"{result.steps} (resumed from {result.resumed_from})" if result.resumed_from else str(result.steps)),
+        ("loss", f"{first} -> {result.final_loss:.4f}" if result.final_loss is not None else "-"),
+        ("trainable parameters", f"{result.trainable_params / 1e6:.2f}M"), ("train examples", str(result.train_examples)),
+        ("written to", str(result.out_dir)), ("checkpoints", str(result.checkpoint_dir)), ("time", f"{result.seconds:.1f}s"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
