@@ -414,17 +414,28 @@ def check_gguf(gguf_path: str | Path, hf_dir: str | Path, prompts: list[str] | t
     limits = thresholds or check_thresholds("f32")
     model, tokenizer = load(hf_dir)
     token_ids = [tokenizer(p).input_ids[:256] for p in prompts]
-    hf_logits = [_hf_logits(model, ids) for ids in token_ids]
+    hf_logits = _hf_logits(model, token_ids)
     gg_logits = _llama_logits(Path(gguf_path), token_ids)
     return _compare(hf_logits, gg_logits, limits)
 
 
-def _hf_logits(model: Any, ids: list[int]) -> Any:
-    """``(len(ids), vocab)`` float32 logits of transformers."""
+def _hf_logits(model: Any, token_ids: list[list[int]]) -> list[Any]:
+    """``(len(ids), vocab)`` float32 logits of transformers for each token list.
+
+    One right-padded batch ``(n_prompts, max_len)``: with a causal mask, padding after
+    a prompt changes none of its positions.
+    """
     import torch
 
+    width = max(len(ids) for ids in token_ids)
+    batch = torch.zeros((len(token_ids), width), dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, ids in enumerate(token_ids):
+        batch[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
+        logits = model(input_ids=batch, attention_mask=mask, use_cache=False).logits.float()
+    return [logits[row, : len(ids)].numpy() for row, ids in enumerate(token_ids)]
 
 
 def _llama_logits(gguf_path: Path, token_ids: list[list[int]]) -> list[Any]:
