@@ -1,13 +1,16 @@
 """The built-in benchmark backends: ``ollama`` (its API timings) and ``llama-cpp`` (GGUF files).
 
-``auto`` tries them in this order: Ollama when a server answers, else llama.cpp.
+``auto`` tries them in this order: Ollama when a server answers and both models are
+Ollama names (or run directories that registered one), else llama.cpp on the GGUFs.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import time
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from .ollama_api import ApiOptions, call, client, find_model, host_url, server_a
 from .register import find_gguf
 from .runs import RunLayout
 from .tags import parse_name
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so `-m ollama_slim.llama_worker` finds this copy
 
 # --------------------------------------------------------------------------- ollama
 
@@ -78,6 +83,12 @@ class OllamaSession:
         pass
 
 
+def is_ollama_ref(ref: str) -> bool:
+    """True for a model name, or a run directory that records a registered name."""
+    path = Path(ref)
+    return not path.exists() or (path.is_dir() and RunLayout(path).register.is_file())
+
+
 def _same_name(a: str, b: str) -> bool:
     try:
         return parse_name(a).short == parse_name(b).short
@@ -96,8 +107,12 @@ def _store_params(name: str) -> Any:
     return param_counts(blob) if blob is not None else None
 
 
-@register_backend("ollama", "the Ollama API's timings (prompt_eval_count/_duration, eval_count/_duration)",
-                  available=lambda config: server_answers(ApiOptions(host=config.host)))
+def _ollama_available(config: BenchConfig) -> bool:
+    refs = (config.original, config.slim)
+    return all(is_ollama_ref(r) for r in refs) and server_answers(ApiOptions(host=config.host))
+
+
+@register_backend("ollama", "the Ollama API's timings (prompt_eval_count/_duration, eval_count/_duration)", available=_ollama_available)
 def _open_ollama(config: BenchConfig) -> OllamaSession:
     return OllamaSession(config)
 
@@ -127,115 +142,69 @@ def gguf_for(ref: str) -> Path:
     return found
 
 
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker: this copy of ollama_slim first on its path."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": _PACKAGE_ROOT + (os.pathsep + path if path else "")}
+
+
 class LlamaSession:
-    """One llama.cpp worker process per model, so each model's peak memory is its own."""
+    """One llama.cpp worker process per model (``ollama_slim.llama_worker``), so each
+    model's peak memory is its own process's."""
 
     def __init__(self, config: BenchConfig) -> None:
-        import multiprocessing
-
         self.config = config
         self.refs = (config.original, config.slim)
         self.paths = tuple(gguf_for(ref) for ref in self.refs)
-        spawn = multiprocessing.get_context("spawn")
-        self.workers = []
-        for path in self.paths:
-            conn, child = spawn.Pipe()
-            proc = spawn.Process(target=llama_worker, args=(child, str(path), config.n_ctx, config.threads), daemon=True)
-            proc.start()
-            self.workers.append((proc, conn))
+        self.workers: list[subprocess.Popen] = []
         try:
+            for path in self.paths:
+                args = [sys.executable, "-m", "ollama_slim.llama_worker", str(path), str(config.n_ctx), str(config.threads or 0)]
+                self.workers.append(subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_worker_env()))
             for index in (0, 1):
-                self._reply(index)  # "ready"
-        except SlimError:
+                self._ask(index, None)  # "ready"
+        except BaseException:
             self.close()
             raise
 
-    def _reply(self, index: int) -> Any:
-        proc, conn = self.workers[index]
+    def _ask(self, index: int, request: dict[str, Any] | None) -> Any:
+        proc = self.workers[index]
         try:
-            kind, value = conn.recv()
-        except (EOFError, OSError):
-            raise SourceError(f"llama.cpp stopped while running {self.paths[index]}", hint="the GGUF may be damaged; check that it loads: ollama-slim export checks every export") from None
-        if kind == "error":
-            raise SourceError(f"llama.cpp cannot run {self.paths[index]}: {value}", hint="check that the file is a complete GGUF of a supported architecture")
-        return value
+            if request is not None:
+                proc.stdin.write(json.dumps(request) + "\n")
+                proc.stdin.flush()
+            reply = json.loads(proc.stdout.readline() or "null")
+        except (OSError, ValueError):
+            reply = None
+        if reply is None:
+            raise SourceError(f"llama.cpp stopped while running {self.paths[index]}", hint="the GGUF may be damaged; `ollama-slim export` checks every export it writes")
+        if "error" in reply:
+            raise SourceError(f"llama.cpp cannot run {self.paths[index]}: {reply['error']}", hint="check that the file is a complete GGUF of a supported architecture")
+        return reply["ok"]
 
     def run(self, index: int, prompt: str) -> Sample:
-        self.workers[index][1].send(("run", prompt, self.config.n_predict))
-        return Sample(*self._reply(index))
+        return Sample(*self._ask(index, {"op": "run", "prompt": prompt, "n_predict": self.config.n_predict}))
 
     def target(self, index: int) -> Target:
         path = self.paths[index]
         return Target(ref=self.refs[index], target=str(path), size_bytes=path.stat().st_size, params=param_counts(path))
 
     def peak_memory(self, index: int) -> int | None:
-        self.workers[index][1].send(("memory",))
-        return int(self._reply(index))
+        return int(self._ask(index, {"op": "memory"}))
 
     def close(self) -> None:
-        for proc, conn in self.workers:
+        for proc in self.workers:
             try:
-                conn.send(("stop",))
+                proc.stdin.write(json.dumps({"op": "stop"}) + "\n")
+                proc.stdin.close()
             except OSError:
                 pass
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
         self.workers = []
-
-
-def llama_worker(conn: Any, path: str, n_ctx: int, threads: int | None) -> None:
-    """Worker process: load ``path`` once, then answer ``run`` / ``memory`` / ``stop`` messages."""
-    try:
-        from llama_cpp import Llama
-
-        llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
-        conn.send(("ready", None))
-    except Exception as err:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("error", f"{type(err).__name__}: {err}".splitlines()[0]))
-        return
-    while True:
-        message = conn.recv()
-        if message[0] == "stop":
-            return
-        try:
-            value = _peak_rss() if message[0] == "memory" else _generate(llm, message[1], message[2])
-            conn.send(("ok", value))
-        except Exception as err:  # noqa: BLE001
-            conn.send(("error", f"{type(err).__name__}: {err}".splitlines()[0]))
-
-
-def _peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _generate(llm: Any, prompt: str, n_predict: int) -> tuple[int, float, int, float]:
-    """Prompt pass, then ``n_predict`` greedy decode steps (past end-of-text, so every run
-    decodes the same number of tokens). Returns the fields of a :class:`Sample`."""
-    import llama_cpp
-    import numpy as np
-
-    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-    if len(tokens) + n_predict + 1 > llm.n_ctx():
-        raise ValueError(f"prompt of {len(tokens)} tokens + {n_predict} to generate exceeds the context of {llm.n_ctx()}")
-    vocab, ctx = llm.n_vocab(), llm._ctx.ctx
-
-    def next_token() -> int:
-        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(vocab,))))
-
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(tokens)
-    token = next_token()
-    prompt_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(n_predict):
-        llm.eval([token])
-        token = next_token()
-    return len(tokens), prompt_s, n_predict, time.perf_counter() - start
 
 
 @register_backend("llama-cpp", "llama-cpp-python on the GGUF files (a worker process per model)",

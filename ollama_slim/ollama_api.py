@@ -32,7 +32,7 @@ class ApiOptions:
 
 
 def host_url(host: str | None) -> str:
-    """The URL the client will use for ``host`` (as the ``ollama`` client parses it)."""
+    """The URL the client will use for ``host`` (parsed by the ``ollama`` client's own rules)."""
     from ollama._client import _parse_host
 
     return _parse_host(host or os.environ.get("OLLAMA_HOST"))

@@ -160,3 +160,16 @@ def test_ollama_failure_during_bench_is_one_line(ollama_server: OllamaStandIn, t
     with pytest.raises(OllamaError) as err:
         bench(BenchConfig(original="a", slim="b", backend="ollama", repeats=1))
     assert err.value.message.startswith(f"Ollama at {ollama_server.url} failed to generate with a: simulated server failure (HTTP 500) (tried 3 times)")
+
+
+def test_auto_picks_ollama_only_when_it_can(ollama_server: OllamaStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_slim.bench import pick_backend
+
+    gguf = tiny_gguf(tmp_path / "slim.gguf")
+    assert pick_backend(BenchConfig(original="smollm2:135m", slim="smollm2-slim")).name == "ollama"
+    assert pick_backend(BenchConfig(original="smollm2:135m", slim=str(gguf))).name == "llama-cpp"  # a file: not Ollama's
+    assert pick_backend(BenchConfig(original="smollm2:135m", slim=str(tmp_path))).name == "llama-cpp"  # a run dir never registered
+    monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{free_port()}")
+    assert pick_backend(BenchConfig(original="smollm2:135m", slim="smollm2-slim")).name == "llama-cpp"  # no server answers
+    with pytest.raises(UsageError, match="unknown backend 'gpu'"):
+        pick_backend(BenchConfig(original="a", slim="b", backend="gpu"))
