@@ -25,7 +25,10 @@ from . import __version__, paths
 from .build import read_provenance
 from .errors import ExportError, UsageError
 from .families import Family, family
+from .gguf_check import CheckResult, check_gguf, check_thresholds
 from .gguf_tokenizer import GGUFTokenizer, export_tables, from_source_gguf, from_tokenizer_json
+
+__all__ = ["CheckResult", "ExportConfig", "ExportResult", "check_gguf", "export_gguf", "outtypes"]
 
 PROVENANCE_PREFIX = "ollama_slim."
 
@@ -45,25 +48,6 @@ class ExportConfig:
     force: bool = False
     check: bool = True
     prompts: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """llama.cpp vs transformers on the same token ids (logits of every position)."""
-
-    passed: bool
-    reason: str
-    n_prompts: int
-    n_tokens: int
-    max_abs_diff: float
-    max_abs_logit: float
-    rel_diff: float  # max_abs_diff / max_abs_logit
-    top1_agree: int  # prompts whose last-position argmax agrees
-    top5_agree: int  # prompts whose transformers argmax is among llama.cpp's top 5
-    thresholds: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -130,12 +114,6 @@ def _outtype_spec(outtype: str) -> dict[str, Any]:
     if outtype not in table:
         raise UsageError(f"unknown outtype {outtype!r}", hint=f"choose one of: {', '.join(table)}")
     return table[outtype]
-
-
-def check_thresholds(outtype: str) -> dict[str, Any]:
-    """Acceptance thresholds of ``outtype`` (K-quants share one row)."""
-    table = export_tables()["check"]
-    return dict(table.get(outtype) or table["k_quant"])
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
@@ -276,7 +254,7 @@ def _tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], spec: d
     """Yield ``(gguf_name, array, raw_qtype_or_None)`` for every tensor, in GGUF order."""
     from safetensors import safe_open
 
-    names = _gguf_names(fam)
+    names = dict(fam.gguf_tensors)
     tied = bool(hf_config.get("tie_word_embeddings", False))
     factors = _rope_freqs(hf_config)
     if factors is not None:
@@ -290,10 +268,6 @@ def _tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], spec: d
                 array = f.get_tensor(hf_name).float().numpy()
                 array = _permute_for_rope(array, hf_name=hf_name, fam=fam, hf_config=hf_config)
                 yield (gguf_name, *_encode(array, spec=spec))
-
-
-def _gguf_names(fam: Family) -> dict[str, str]:
-    return dict(fam.gguf_tensors)
 
 
 def _gguf_name(names: dict[str, str], hf_name: str, *, layers: str) -> str:
@@ -396,88 +370,3 @@ def native_output() -> Iterator[Path]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-
-
-# --- the acceptance check -------------------------------------------------------------
-
-
-def check_gguf(gguf_path: str | Path, hf_dir: str | Path, prompts: list[str] | tuple[str, ...] | None = None, *, thresholds: dict[str, Any] | None = None) -> CheckResult:
-    """Run the same token ids through llama.cpp (the GGUF) and transformers (``hf_dir``).
-
-    Compares the logits of every position (``(n_tokens, vocab)`` per prompt): the
-    max abs difference relative to the max abs logit, and the last-position argmax.
-    Default thresholds are the f32 ones; default prompts the 20 of the export table.
-    """
-    from .modeling import load
-
-    prompts = list(prompts or export_tables()["check_prompts"])
-    limits = thresholds or check_thresholds("f32")
-    model, tokenizer = load(hf_dir)
-    token_ids = [tokenizer(p).input_ids[:256] for p in prompts]
-    hf_logits = _hf_logits(model, token_ids)
-    gg_logits = _llama_logits(Path(gguf_path), token_ids)
-    return _compare(hf_logits, gg_logits, limits)
-
-
-def _hf_logits(model: Any, token_ids: list[list[int]]) -> list[Any]:
-    """``(len(ids), vocab)`` float32 logits of transformers for each token list.
-
-    One right-padded batch ``(n_prompts, max_len)``: with a causal mask, padding after
-    a prompt changes none of its positions.
-    """
-    import torch
-
-    width = max(len(ids) for ids in token_ids)
-    batch = torch.zeros((len(token_ids), width), dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, ids in enumerate(token_ids):
-        batch[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-    with torch.no_grad():
-        logits = model(input_ids=batch, attention_mask=mask, use_cache=False).logits.float()
-    return [logits[row, : len(ids)].numpy() for row, ids in enumerate(token_ids)]
-
-
-def _llama_logits(gguf_path: Path, token_ids: list[list[int]]) -> list[Any]:
-    """``(len(ids), vocab)`` float32 logits of llama.cpp for each token list."""
-    import numpy as np
-    from llama_cpp import GGML_TYPE_F32, Llama
-
-    n_ctx = max(len(ids) for ids in token_ids) + 8
-    try:
-        llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1,
-                    type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)  # an f32 KV cache: compare the weights, not the cache
-    except Exception as err:
-        raise ExportError(f"llama.cpp cannot load the GGUF ({type(err).__name__}: {err})", hint="the GGUF was not written; report the model") from None
-    out = []
-    try:
-        for ids in token_ids:
-            llm.reset()
-            llm.eval(ids)
-            out.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
-    finally:
-        llm.close()
-    return out
-
-
-def _compare(hf_logits: list[Any], gg_logits: list[Any], limits: dict[str, Any]) -> CheckResult:
-    """Max abs difference (relative to max abs logit) and last-position top-1/top-5 agreement."""
-    import numpy as np
-
-    n = len(hf_logits)
-    max_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(hf_logits, gg_logits))
-    max_logit = max(float(np.max(np.abs(a))) for a in hf_logits)
-    rel = max_diff / max(max_logit, 1e-12)
-    top1 = sum(int(np.argmax(a[-1]) == np.argmax(b[-1])) for a, b in zip(hf_logits, gg_logits))
-    top5 = sum(int(np.argmax(a[-1]) in np.argsort(b[-1])[-5:]) for a, b in zip(hf_logits, gg_logits))
-    failures = []
-    if limits.get("max_rel_diff") is not None and rel > limits["max_rel_diff"]:
-        failures.append(f"max |dlogit| {max_diff:.3g} = {rel:.2g} x max |logit| (limit {limits['max_rel_diff']:g})")
-    for label, got, share in (("top-1", top1, limits.get("min_top1", 1.0)), ("top-1 in top-5", top5, limits.get("min_top5", 0.0))):
-        need = math.ceil(share * n - 1e-9)
-        if got < need:
-            failures.append(f"{label} agrees on {got}/{n} prompts (need {need})")
-    return CheckResult(
-        passed=not failures, reason="; ".join(failures) or "ok", n_prompts=n, n_tokens=sum(len(a) for a in hf_logits),
-        max_abs_diff=max_diff, max_abs_logit=max_logit, rel_diff=rel, top1_agree=top1, top5_agree=top5, thresholds=dict(limits),
-    )
