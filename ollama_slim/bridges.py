@@ -189,7 +189,7 @@ def _batches(calibration: Calibration, *, pad: int = 0) -> Iterator[tuple[torch.
 
 @torch.no_grad()
 def _capture(model: Any, modules: dict[str, Any], calibration: Calibration) -> dict[str, torch.Tensor]:
-    """Run ``model`` over ``calibration``; the outputs of ``modules`` at fit rows -> ``[n, d]`` each."""
+    """Run ``model``'s decoder over ``calibration``; outputs of ``modules`` at fit rows -> ``[n, d]`` each."""
     grabbed: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
     current: dict[str, torch.Tensor] = {}
 
@@ -201,9 +201,10 @@ def _capture(model: Any, modules: dict[str, Any], calibration: Calibration) -> d
 
     handles = [module.register_forward_hook(grab(name)) for name, module in modules.items()]
     device = model.get_input_embeddings().weight.device
+    trunk = get_module(model, family_of(model).layers.rpartition(".")[0])  # no LM head: hidden states only
     try:
         for ids, attention, rows in _batches(calibration):
-            model(input_ids=ids.to(device), attention_mask=attention.to(device))
+            trunk(input_ids=ids.to(device), attention_mask=attention.to(device))
             for name in modules:
                 grabbed[name].append(current[name][rows.to(device)].float().cpu())
     finally:
@@ -246,16 +247,26 @@ def _fit_gap(gap: GapMaps, captured: dict[str, torch.Tensor], target: torch.Tens
         gap.rotation = fit_rotation(stream, target)
 
 
-def fit_bridge(kind: str, *, original: Any, compact: Any, kept: list[int], calibration: Calibration, ridge: float = DEFAULT_RIDGE) -> Bridge:
-    """Fit ``kind``'s maps on every gap, left to right; ``compact``'s weights are untouched."""
+def gap_targets(original: Any, *, kept: list[int], calibration: Calibration) -> dict[int, torch.Tensor]:
+    """The original's hidden states at the end of every gap: ``{target_layer: [n, d]}``."""
+    layers = get_module(original, family_of(original).layers)
+    wanted = {str(t): layers[t] for _, t in find_gaps(kept, num_layers=len(layers))}
+    return {int(k): v for k, v in _capture(original, wanted, calibration).items()}
+
+
+def fit_bridge(kind: str, *, original: Any, compact: Any, kept: list[int], calibration: Calibration, ridge: float = DEFAULT_RIDGE,
+               targets: dict[int, torch.Tensor] | None = None) -> Bridge:
+    """Fit ``kind``'s maps on every gap, left to right; ``compact``'s weights are untouched.
+
+    ``targets``: :func:`gap_targets` of the same calibration, when already computed.
+    """
     maps = _KIND_MAPS[kind]
     fam = family_of(original)
-    orig_layers = get_module(original, fam.layers)
-    gaps = [GapMaps(slot=s, target=t) for s, t in find_gaps(kept, num_layers=len(orig_layers))]
+    gaps = [GapMaps(slot=s, target=t) for s, t in find_gaps(kept, num_layers=len(get_module(original, fam.layers)))]
     bridge = Bridge(kind=kind)
     if not maps or not gaps:
         return bridge
-    targets = _capture(original, {str(g.target): orig_layers[g.target] for g in gaps}, calibration)
+    targets = targets if targets is not None else gap_targets(original, kept=kept, calibration=calibration)
     layers = get_module(compact, fam.layers)
     for gap in gaps:
         modules = {"stream": _slot_module(compact, fam, gap.slot)}
@@ -263,7 +274,7 @@ def fit_bridge(kind: str, *, original: Any, compact: Any, kept: list[int], calib
             modules["mlp"] = get_module(layers[gap.slot - 1], fam.mlp_out)
         with attach_bridge(compact, bridge):
             captured = _capture(compact, modules, calibration)
-        _fit_gap(gap, captured, targets.pop(str(gap.target)), maps, ridge)
+        _fit_gap(gap, captured, targets[gap.target], maps, ridge)
         bridge.gaps.append(gap)
     return bridge
 
