@@ -18,8 +18,20 @@ from typing import Any
 
 
 def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Peak resident memory of this process in bytes.
+
+    ``VmHWM`` where /proc has it: ``ru_maxrss`` survives ``exec`` on Linux and would carry
+    the parent's peak. ``ru_maxrss`` (KiB on Linux, bytes on macOS) elsewhere.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def generate(llm: Any, prompt: str, n_predict: int) -> list[float]:

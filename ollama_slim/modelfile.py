@@ -431,10 +431,9 @@ def _tag_entry(ref: str) -> Any:
         return None
 
 
-def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None) -> Path:
-    """Write the Modelfile of ``gguf`` (beside it unless ``out``): FROM, TEMPLATE, stops, licence."""
+def modelfile_spec_for(gguf: Path, *, chat: ChatSpec, out: Path) -> ModelfileSpec:
+    """The Modelfile contents for ``gguf`` written at ``out``: FROM, TEMPLATE, stops, licence."""
     gguf = Path(gguf)
-    out = Path(out) if out else modelfile_path_for(gguf)
     meta = gguf_strings(gguf)
     licence = meta.get("general.license")
     comments = [f"Modelfile for {gguf.name}, written by ollama-slim", f"template and stop tokens from: {chat.source}"]
@@ -443,5 +442,10 @@ def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None) 
     if licence is not None and quote_value(licence) is None:
         comments.append("licence: see general.license in the GGUF (it cannot be carried by a Modelfile)")
         licence = None
-    spec = ModelfileSpec(from_=from_reference(gguf, out), template=chat.template, stops=chat.stops, license=licence, comments=tuple(comments))
-    return write_modelfile(out, spec)
+    return ModelfileSpec(from_=from_reference(gguf, out), template=chat.template, stops=chat.stops, license=licence, comments=tuple(comments))
+
+
+def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None) -> Path:
+    """Write the Modelfile of ``gguf`` (beside it unless ``out``); ``ollama create -f`` takes it as is."""
+    out = Path(out) if out else modelfile_path_for(gguf)
+    return write_modelfile(out, modelfile_spec_for(gguf, chat=chat, out=out))

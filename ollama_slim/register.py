@@ -8,13 +8,14 @@ An existing model is never replaced without ``force``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .errors import ExportError, OllamaError, RunError, UsageError
-from .modelfile import ModelfileSpec, chat_for, modelfile_path_for, read_modelfile, write_modelfile_for
+from .modelfile import ModelfileSpec, chat_for, modelfile_path_for, modelfile_spec_for, read_modelfile, write_modelfile
 from .ollama_api import ApiOptions, call, client, find_model, host_url
 from .runs import RunLayout
 from .tags import parse_name
@@ -29,7 +30,7 @@ class RegisterResult:
     name: str
     host: str
     gguf: Path
-    modelfile: Path
+    modelfile: Path | None  # None when the GGUF's directory is read-only
     digest: str
     size_bytes: int
     replaced: bool
@@ -38,7 +39,7 @@ class RegisterResult:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(gguf=str(self.gguf), modelfile=str(self.modelfile), stops=list(self.stops))
+        d.update(gguf=str(self.gguf), modelfile=str(self.modelfile) if self.modelfile else None, stops=list(self.stops))
         return d
 
 
@@ -52,7 +53,7 @@ def register(*, source: str | Path, name: str, force: bool = False, host: str | 
     options = api or ApiOptions()
     options = replace(options, host=host) if host is not None else options
     gguf = find_gguf(Path(source))
-    modelfile, spec = modelfile_for(gguf, chat=chat, options=options)
+    modelfile, spec, template_source = modelfile_for(gguf, chat=chat, options=options)
     ollama = client(options)
     call(ollama.list, action="list its models", options=options, safe=True)  # one clear line if no server
     replaced = find_model(ollama, name, options=options) is not None
@@ -64,7 +65,7 @@ def register(*, source: str | Path, name: str, force: bool = False, host: str | 
         raise OllamaError(f"Ollama at {host_url(options.host)} accepted model {name!r} but does not list it", hint="see the server log and rerun")
     result = RegisterResult(
         name=name, host=host_url(options.host), gguf=gguf, modelfile=modelfile, digest=digest, size_bytes=gguf.stat().st_size,
-        replaced=replaced, template_source=_template_source(modelfile), stops=spec.stops,
+        replaced=replaced, template_source=template_source, stops=spec.stops,
     )
     if Path(source).is_dir():
         paths.write_json(RunLayout(Path(source)).register, result.to_json())
@@ -86,9 +87,11 @@ def typed(value: str) -> Any:
     """A Modelfile parameter value as JSON wants it: ``"4096"`` -> 4096, ``"0.7"`` -> 0.7."""
     for kind in (int, float):
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
-            pass
+            continue
+        if math.isfinite(number):
+            return number
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
@@ -110,20 +113,23 @@ def find_gguf(source: Path) -> Path:
     return source
 
 
-def modelfile_for(gguf: Path, *, chat: str | None, options: ApiOptions) -> tuple[Path, ModelfileSpec]:
-    """The Modelfile beside ``gguf`` (written when missing or when ``chat`` is forced), parsed."""
+def modelfile_for(gguf: Path, *, chat: str | None, options: ApiOptions) -> tuple[Path | None, ModelfileSpec, str]:
+    """``(Modelfile path, its contents, where the template came from)`` for ``gguf``.
+
+    An existing Modelfile beside the GGUF is used as is (unless ``chat`` forces a family);
+    otherwise one is written there. A read-only directory does not stop registration.
+    """
     path = modelfile_path_for(gguf)
-    if chat is not None or not path.is_file():
-        write_modelfile_for(gguf, chat=chat_for(gguf=gguf, chat=chat, options=options), out=path)
-    spec = read_modelfile(path)
-    target = (path.parent / spec.from_).resolve() if not Path(spec.from_).is_absolute() else Path(spec.from_)
-    if target != gguf.resolve():
-        raise ExportError(f"{path} says FROM {spec.from_}, not {gguf.name}", hint="fix its FROM line, or delete the Modelfile to have it written again")
-    return path, spec
-
-
-def _template_source(modelfile: Path) -> str:
-    for line in modelfile.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# template and stop tokens from: "):
-            return line.split(": ", 1)[1]
-    return "Modelfile"
+    if chat is None and path.is_file():
+        spec = read_modelfile(path)
+        target = Path(spec.from_) if Path(spec.from_).is_absolute() else (path.parent / spec.from_).resolve()
+        if target != gguf.resolve():
+            raise ExportError(f"{path} says FROM {spec.from_}, not {gguf.name}", hint="fix its FROM line, or delete the Modelfile to have it written again")
+        return path, spec, "Modelfile"
+    found = chat_for(gguf=gguf, chat=chat, options=options)
+    spec = modelfile_spec_for(gguf, chat=found, out=path)
+    try:
+        write_modelfile(path, spec)
+    except OSError:
+        return None, spec, found.source
+    return path, spec, found.source

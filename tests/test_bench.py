@@ -36,6 +36,7 @@ def _check_result(data: dict, *, backend: str, prompts: int, tokens: int) -> Non
         assert model["size_bytes"] > 0 and model["peak_memory_bytes"] > 0
     if backend == "llama-cpp":
         assert data["original"]["gen_tokens"] == data["slim"]["gen_tokens"] == prompts * tokens
+        assert data["slim"]["peak_memory_bytes"] < data["original"]["peak_memory_bytes"]  # each worker holds one model
     for speed in ("prompt_tps", "gen_tps"):
         assert data["ratios"][speed] == pytest.approx(data["slim"][speed]["median"] / data["original"][speed]["median"])
     assert data["ratios"]["size"] == pytest.approx(data["slim"]["size_bytes"] / data["original"]["size_bytes"])

@@ -19,7 +19,7 @@ from gguf_files import SLIM_LAYERS, smollm2_gguf, tiny_gguf  # noqa: F401 - fixt
 from ollama_server import OllamaStandIn, free_port, ollama_server  # noqa: F401 - fixtures
 
 from ollama_slim.cli import main
-from ollama_slim.errors import OllamaError, UsageError
+from ollama_slim.errors import ExportError, OllamaError, UsageError
 from ollama_slim.modelfile import chat_family, read_modelfile
 from ollama_slim.ollama_api import ApiOptions
 from ollama_slim.register import register
@@ -249,3 +249,28 @@ def test_against_a_real_ollama(real_ollama: str, smollm2_gguf: Path, tmp_path: P
 def test_usage_error_type_for_bad_names(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         register(source=_run_dir(tmp_path), name="bad name")
+
+
+def test_an_edited_modelfile_beside_the_gguf_is_used(ollama_server: OllamaStandIn, tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    (run / "Modelfile").write_text('# mine\nfrom ./model.gguf\ntemplate """{{ .Prompt }}"""\nparameter stop "END"\nPARAMETER num_ctx 4096\n')
+    result = register(source=run, name="slim", api=ApiOptions(**FAST))
+    assert (result.template_source, result.stops) == ("Modelfile", ("END",))
+    create = _creates(ollama_server)[-1]
+    assert (create["template"], create["parameters"]) == ("{{ .Prompt }}", {"num_ctx": 4096, "stop": ["END"]})
+    (run / "Modelfile").write_text("FROM ./other.gguf\n")
+    with pytest.raises(ExportError, match="says FROM ./other.gguf, not model.gguf"):
+        register(source=run, name="slim2", api=ApiOptions(**FAST))
+
+
+def test_a_read_only_directory_does_not_stop_registration(ollama_server: OllamaStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ollama_slim.register as reg
+
+    def refuse(path, spec):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(reg, "write_modelfile", refuse)
+    gguf = _run_dir(tmp_path) / "model.gguf"
+    result = register(source=gguf, name="slim", api=ApiOptions(**FAST))
+    assert result.modelfile is None and result.template_source == "tag table (chatml)"
+    assert _creates(ollama_server)[-1]["template"] == CHATML.template

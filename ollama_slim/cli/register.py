@@ -34,7 +34,7 @@ def command(source: Path, name: str, force: bool, host: str | None, chat: str | 
     table = Table(title=f"ollama-slim register {name}", show_header=False)
     rows = [
         ("name", result.name), ("Ollama", result.host), ("GGUF", str(result.gguf)), ("size", f"{result.size_bytes / 1e6:.1f} MB"),
-        ("digest", result.digest), ("Modelfile", str(result.modelfile)), ("template from", result.template_source),
+        ("digest", result.digest), ("Modelfile", str(result.modelfile or "- (directory not writable)")), ("template from", result.template_source),
         ("stop tokens", ", ".join(result.stops) or "-"), ("replaced", "yes" if result.replaced else "no"),
     ]
     for key, value in rows:
