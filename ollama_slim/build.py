@@ -40,6 +40,7 @@ class BuildConfig:
     selection: Path | None = None
     out_dir: Path | None = None
     bridge: str = "none"
+    data: str | None = None  # train-split calibration for the bridge fit (random tokens without)
     dtype: str = "float32"
     hf: str | None = None
     force: bool = False
@@ -236,15 +237,26 @@ def build_compact(config: BuildConfig) -> BuildResult:
         raise UsageError(f"{out_dir} already exists", hint="pass --force to replace it, or choose another --out")
     original, tokenizer = load(resolved.model_dir, LoadOptions(dtype=config.dtype))
     compact = slice_model(original, kept)
-    summary = BRIDGES[config.bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=None)
+    calibration = _calibration(config, tokenizer)
+    summary = BRIDGES[config.bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
     source = _source_record(resolved)
-    provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": config.bridge, **summary}, "data": None, "dtype": config.dtype}
+    provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": config.bridge, **summary}, "data": config.data, "dtype": config.dtype}
     save_compact(compact, tokenizer, out_dir, provenance=provenance)
     return BuildResult(
         out_dir=out_dir, source=source, kept=tuple(kept), num_layers_before=resolved.num_layers,
         num_params_before=count_parameters(original), num_params_after=count_parameters(compact),
         bridge=provenance["bridge"], seconds=time.perf_counter() - start,
     )
+
+
+def _calibration(config: BuildConfig, tokenizer: Any) -> Any:
+    """Train-split token sequences of ``config.data`` for fitting bridges (None: no data, or no bridge)."""
+    if config.data is None or config.bridge == "none":
+        return None
+    from .bridges import calibration_batches
+    from .data import load_dataset
+
+    return calibration_batches(tokenizer=tokenizer, dataset=load_dataset(config.data))
 
 
 def _source_record(resolved: Any) -> dict[str, Any]:

