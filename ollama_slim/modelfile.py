@@ -198,7 +198,7 @@ def read_modelfile(path: str | Path) -> ModelfileSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"cannot read Modelfile {path} ({type(err).__name__})", hint="regenerate it with `ollama-slim export`") from None
+        raise ExportError(f"cannot read Modelfile {path} ({type(err).__name__})", hint="delete it to have `ollama-slim register` write it again") from None
     try:
         return spec_from_commands(parse_modelfile(text))
     except ModelfileSyntaxError as err:

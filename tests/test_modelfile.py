@@ -232,3 +232,14 @@ def test_licence_is_carried_when_it_can_be(tmp_path: Path) -> None:
     path = write_modelfile_for(gguf, chat=ChatSpec(template=None, stops=(), source="none"))
     assert path.name == "slim q8.Modelfile"
     assert read_modelfile(path) == ModelfileSpec(from_="./slim q8.gguf", license='Apache "2.0" """x"""')
+
+
+def test_unreadable_or_broken_modelfile_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "Modelfile"
+    bad.write_bytes(b"FROM \xff\xfe\n")
+    with pytest.raises(ExportError, match="cannot read Modelfile .*UnicodeDecodeError"):
+        read_modelfile(bad)
+    bad.write_text("FROM ./m.gguf\nTEMPLATE \"\"\"open\n")
+    with pytest.raises(ModelfileSyntaxError) as err:
+        read_modelfile(bad)
+    assert err.value.one_line().startswith(f"{bad}: Modelfile ends inside a quoted value")
