@@ -84,8 +84,11 @@ def parse_layers(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def validate_layers(layers: list[int] | tuple[int, ...], *, num_layers: int) -> list[int]:
-    """Check that ``layers`` is a strictly increasing, proper subset of ``range(num_layers)``."""
+def validate_layers(layers: list[int] | tuple[int, ...], *, num_layers: int, allow_all: bool = False) -> list[int]:
+    """Check that ``layers`` is a strictly increasing, proper subset of ``range(num_layers)``.
+
+    ``allow_all`` accepts keeping every layer (a plain copy; library callers only).
+    """
     kept = list(layers)
     if not kept:
         raise SelectionError("no layers to keep", hint=f"give at least one layer index in 0..{num_layers - 1}")
@@ -97,7 +100,7 @@ def validate_layers(layers: list[int] | tuple[int, ...], *, num_layers: int) -> 
         raise SelectionError(f"layer {dupes[0]} is listed twice", hint="list each layer once")
     if kept != sorted(kept):
         raise SelectionError(f"layers must be in increasing order (got {','.join(map(str, kept))})", hint=f"keep them in model order: {','.join(map(str, sorted(kept)))}")
-    if len(kept) == num_layers:
+    if len(kept) == num_layers and not allow_all:
         raise SelectionError(f"keeping all {num_layers} layers removes nothing", hint="drop at least one layer, or export the original model as it is")
     return kept
 
@@ -139,6 +142,7 @@ def kept_layers(config: BuildConfig, *, num_layers: int) -> list[int]:
 def slice_model(model: Any, layers: list[int]) -> Any:
     """A new model with decoder layers ``layers`` of ``model``, in order, renumbered.
 
+    ``layers`` must be increasing, in range and without repeats (:class:`SelectionError`).
     ``model`` is left untouched (the compact model owns copies of its weights, so a bridge
     can fold into it while the original still serves as the fit target). Embeddings, final
     norm and LM head are copied too; tied weights stay tied. Hidden size ``d`` and all
@@ -148,7 +152,7 @@ def slice_model(model: Any, layers: list[int]) -> Any:
 
     fam = family_of(model)
     num_layers = len(get_module(model, fam.layers))
-    kept = validate_layers(layers, num_layers=num_layers)
+    kept = validate_layers(layers, num_layers=num_layers, allow_all=True)
     parent_path, _, attr = fam.layers.rpartition(".")
     parent = get_module(model, parent_path) if parent_path else model
     full = getattr(parent, attr)

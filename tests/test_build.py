@@ -98,6 +98,15 @@ def test_bad_layers_are_refused(layers: list[int], message: str) -> None:
     assert message in err.value.one_line()
 
 
+def test_slice_model_may_keep_every_layer_but_build_may_not(tiny_llama: Path, tmp_path: Path) -> None:
+    model, _ = load(tiny_llama)
+    torch.testing.assert_close(_logits(slice_model(model, list(range(6)))), _logits(model), rtol=0, atol=0)
+    with pytest.raises(SelectionError, match="keeping all 6 layers removes nothing"):
+        build_compact(BuildConfig(model=str(tiny_llama), layers=tuple(range(6)), out_dir=tmp_path / "all"))
+    with pytest.raises(SelectionError, match="listed twice"):
+        slice_model(model, [1, 1])
+
+
 def test_parse_layers() -> None:
     assert parse_layers("0,1,2,27-29") == (0, 1, 2, 27, 28, 29)
     assert parse_layers(" 3, 5 ") == (3, 5)
