@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .errors import ExportError, SlimError
+from .errors import ExportError, OllamaError, SlimError
 from .ollama_api import ApiOptions
 
 INSTRUCTIONS = frozenset(
@@ -374,7 +374,10 @@ def chat_from_ollama(name: str, *, options: ApiOptions) -> ChatSpec | None:
 
     if not server_answers(options):
         return None
-    shown = find_model(client(options), name, options=options)
+    try:
+        shown = find_model(client(options), name, options=options)
+    except OllamaError:  # an optional source: a refusal or a failure just skips it
+        return None
     if shown is None or not shown.template:
         return None
     stops = tuple(v for k, v in show_parameters(shown.parameters) if k == "stop")
@@ -390,12 +393,28 @@ def gguf_strings(gguf: Path) -> dict[str, str]:
 
 
 def original_of(meta: dict[str, str]) -> tuple[str | None, str | None]:
-    """``(original tag, chat family)`` recorded by ``ollama-slim export`` in a GGUF's metadata."""
+    """``(original Ollama tag, chat family)`` recorded by ``ollama-slim export`` in a GGUF's metadata.
+
+    The tag is None when the source was not an Ollama tag (a directory or a repo id).
+    """
     try:
         source = json.loads(meta.get("ollama_slim.provenance", "{}")).get("source") or {}
     except (ValueError, AttributeError):
         source = {}
-    return source.get("tag") or meta.get("ollama_slim.source"), source.get("chat")
+    tag = source.get("tag") or meta.get("ollama_slim.source")
+    return (tag if tag and _is_ollama_name(tag) else None), source.get("chat")
+
+
+def _is_ollama_name(text: str) -> bool:
+    from .tags import parse_name
+
+    if "/" in text and (text.startswith((".", "/", "~")) or Path(text).exists()):
+        return False
+    try:
+        parse_name(text)
+    except SlimError:
+        return False
+    return True
 
 
 def chat_for(*, gguf: Path | None = None, original: str | None = None, chat: str | None = None, options: ApiOptions | None = None) -> ChatSpec:

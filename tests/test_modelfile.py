@@ -243,3 +243,12 @@ def test_unreadable_or_broken_modelfile_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ModelfileSyntaxError) as err:
         read_modelfile(bad)
     assert err.value.one_line().startswith(f"{bad}: Modelfile ends inside a quoted value")
+
+
+def test_recorded_source_counts_only_when_it_is_an_ollama_tag() -> None:
+    from ollama_slim.modelfile import original_of
+
+    assert original_of({"ollama_slim.provenance": '{"source": {"tag": "smollm2:135m", "chat": "chatml"}}'}) == ("smollm2:135m", "chatml")
+    assert original_of({"ollama_slim.source": "/root/.cache/ollama-slim/models/SmolLM2-747cb1f0"}) == (None, None)
+    assert original_of({"ollama_slim.source": "qwen2.5:0.5b"}) == ("qwen2.5:0.5b", None)
+    assert original_of({"ollama_slim.provenance": "not json"}) == (None, None)

@@ -274,3 +274,9 @@ def test_a_read_only_directory_does_not_stop_registration(ollama_server: OllamaS
     result = register(source=gguf, name="slim", api=ApiOptions(**FAST))
     assert result.modelfile is None and result.template_source == "tag table (chatml)"
     assert _creates(ollama_server)[-1]["template"] == CHATML.template
+
+
+def test_an_original_the_server_refuses_to_show_is_skipped(ollama_server: OllamaStandIn, tmp_path: Path) -> None:
+    result = register(source=_run_dir(tmp_path, tag="my.team/orig:1"), name="slim", api=ApiOptions(**FAST))
+    assert result.template_source == "tag table (chatml)"  # the recorded chat family, after show was refused
+    assert ("POST", "/api/show") in ollama_server.requests
