@@ -48,6 +48,7 @@ class ExportConfig:
     force: bool = False
     check: bool = True
     prompts: tuple[str, ...] | None = None
+    tokenizer_gguf: Path | None = None  # copy tokenizer.* from this GGUF (default: slim.json's source GGUF)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,10 @@ def export_gguf(config: ExportConfig) -> ExportResult:
         if "llama_ftype" in spec:  # llama.cpp quantizes an f32 GGUF written beside the target
             with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
                 base = Path(work) / "f32.gguf"
-                tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype="f32", path=base)
+                tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype="f32", path=base, tokenizer_gguf=config.tokenizer_gguf)
                 quantize_gguf(src=base, dst=tmp, llama_ftype=spec["llama_ftype"])
         else:
-            tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype=config.outtype, path=tmp)
+            tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype=config.outtype, path=tmp, tokenizer_gguf=config.tokenizer_gguf)
         check = None
         if config.check:
             check = check_gguf(tmp, model_dir, config.prompts, thresholds=check_thresholds(config.outtype))
@@ -133,13 +134,17 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 # --- writing --------------------------------------------------------------------------
 
 
-def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path: Path) -> tuple[GGUFTokenizer, int]:
-    """Write metadata, tokenizer and tensors of ``model_dir`` to ``path`` (one GGUF)."""
+def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path: Path, tokenizer_gguf: Path | None = None) -> tuple[GGUFTokenizer, int]:
+    """Write metadata, tokenizer and tensors of ``model_dir`` to ``path`` (one GGUF).
+
+    ``tokenizer_gguf``: a GGUF whose ``tokenizer.*`` fields to copy (default: the source
+    GGUF named in ``slim.json``, if any; else they are derived from ``tokenizer.json``).
+    """
     import gguf
 
     fam = family(hf_config["model_type"])
     spec = _outtype_spec(outtype)
-    tok = _tokenizer(model_dir, hf_config)
+    tok = _tokenizer(model_dir, hf_config, tokenizer_gguf=tokenizer_gguf)
     writer = gguf.GGUFWriter(str(path), fam.gguf_arch)
     _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec)
     _add_hparams(writer, arch=fam.gguf_arch, hf_config=hf_config)
@@ -212,16 +217,20 @@ def _rope(hf_config: dict[str, Any]) -> dict[str, Any]:
     return table[kind]
 
 
-def _tokenizer(model_dir: Path, hf_config: dict[str, Any]) -> GGUFTokenizer:
-    """Tokenizer fields: copied from the source GGUF when there is one, else derived."""
+def _tokenizer(model_dir: Path, hf_config: dict[str, Any], *, tokenizer_gguf: Path | None) -> GGUFTokenizer:
+    """Tokenizer fields: copied from the given or source GGUF when there is one, else derived."""
     from .modeling import load_tokenizer
 
-    source = (read_provenance(model_dir).get("source") or {}).get("gguf_path")
     vocab = int(hf_config["vocab_size"])
-    if source and Path(source).is_file():
-        copied = from_source_gguf(Path(source), vocab_size=vocab)
-        if copied is not None:
-            return _with_template(copied, model_dir)
+    if tokenizer_gguf is not None:
+        copied = from_source_gguf(Path(tokenizer_gguf), vocab_size=vocab)
+        if copied is None:
+            raise ExportError(f"{tokenizer_gguf} has no tokenizer for a {vocab}-token vocabulary", hint="pass the GGUF the model came from, or leave the tokenizer to tokenizer.json")
+        return _with_template(copied, model_dir)
+    source = (read_provenance(model_dir).get("source") or {}).get("gguf_path")
+    copied = from_source_gguf(Path(source), vocab_size=vocab) if source and Path(source).is_file() else None
+    if copied is not None:
+        return _with_template(copied, model_dir)
     tokenizer = load_tokenizer(model_dir)
     return _with_template(from_tokenizer_json(model_dir, vocab_size=vocab, tokenizer=tokenizer), model_dir)
 

@@ -167,6 +167,26 @@ def test_export_command(compact_qwen2: Path, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "is not a directory" in missing.output
 
 
+def test_tokenizer_copied_from_a_given_gguf(compact_llama: Path, compact_qwen2: Path, tmp_path: Path) -> None:
+    donor = tmp_path / "donor.gguf"
+    export_gguf(ExportConfig(model_dir=compact_qwen2, outtype="q8_0", out=donor, check=False))
+    from gguf import GGUFReader
+
+    # transformers saves the tiny Qwen2's tokenizer with Qwen2's split regex: the rule table names it
+    assert GGUFReader(str(donor)).get_field("tokenizer.ggml.pre").contents() == "qwen2"
+    out = tmp_path / "m.gguf"
+    result = export_gguf(ExportConfig(model_dir=compact_llama, outtype="f32", out=out, tokenizer_gguf=donor))
+    assert result.tokenizer == "source-gguf donor.gguf" and result.pre_tokenizer == "qwen2" and result.check.passed
+    wrong = tmp_path / "wrong.gguf"
+    shutil.copy(donor, wrong)
+    bad_vocab = json.loads((compact_llama / "config.json").read_text())
+    small = tmp_path / "small"
+    shutil.copytree(compact_llama, small)
+    (small / "config.json").write_text(json.dumps({**bad_vocab, "vocab_size": 100}))
+    with pytest.raises(ExportError, match="has no tokenizer for a 100-token vocabulary"):
+        export_gguf(ExportConfig(model_dir=small, outtype="f32", out=tmp_path / "x.gguf", tokenizer_gguf=wrong))
+
+
 def test_pre_tokenizer_rules() -> None:
     qwen2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
     split = {"type": "Split", "pattern": {"Regex": qwen2}, "behavior": "Isolated", "invert": False}
