@@ -163,6 +163,8 @@ def test_export_command(compact_qwen2: Path, tmp_path: Path) -> None:
     assert report["check"]["passed"] and report["path"] == str(out) and out.is_file()
     again = runner.invoke(main, ["export", str(compact_qwen2), "--outtype", "q8_0", "--out", str(out)])
     assert again.exit_code == 2 and "already exists. pass --force" in again.output
+    donor = runner.invoke(main, ["export", str(compact_qwen2), "--outtype", "f16", "--out", str(tmp_path / "d.gguf"), "--tokenizer-gguf", str(out), "--no-check"])
+    assert donor.exit_code == 0 and "source-gguf q.gguf" in donor.output and "skipped (--no-check)" in donor.output, donor.output
     missing = runner.invoke(main, ["export", str(tmp_path / "nope"), "--outtype", "f32"])
     assert missing.exit_code == 2 and "is not a directory" in missing.output
 

@@ -17,9 +17,10 @@ from ..export import outtypes
 @click.option("--outtype", type=click.Choice(outtypes()), default="f16", show_default=True, help="Tensor type: f32/f16/bf16/q8_0 written directly, K-quants (q4_k_m...) by llama.cpp's quantizer.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output GGUF file [default: <DIR>-<outtype>.gguf beside DIR].")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--tokenizer-gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Copy the tokenizer from this GGUF (default: the source GGUF recorded by build, else tokenizer.json).")
 @click.option("--no-check", is_flag=True, help="Skip the acceptance check (llama.cpp vs transformers logits).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(model_dir: Path, outtype: str, out: Path | None, force: bool, no_check: bool, as_json: bool) -> None:
+def command(model_dir: Path, outtype: str, out: Path | None, force: bool, tokenizer_gguf: Path | None, no_check: bool, as_json: bool) -> None:
     """Export MODEL_DIR (a `build` output or any Llama/Qwen2 directory) to GGUF.
 
     The GGUF carries the tokenizer, chat template and provenance (source model, kept
@@ -28,7 +29,7 @@ def command(model_dir: Path, outtype: str, out: Path | None, force: bool, no_che
     """
     from ..export import ExportConfig, export_gguf
 
-    config = ExportConfig(model_dir=model_dir, outtype=outtype, out=out, force=force, check=not no_check)
+    config = ExportConfig(model_dir=model_dir, outtype=outtype, out=out, force=force, check=not no_check, tokenizer_gguf=tokenizer_gguf)
     with Console(stderr=True).status(f"Exporting {model_dir} to {outtype} GGUF{'' if no_check else ' and checking it in llama.cpp'}..."):
         result = export_gguf(config)
     if as_json:
