@@ -16,6 +16,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -161,8 +162,14 @@ def batch_indices(*, step: int, batch_size: int, num_examples: int, seed: int) -
     out = []
     for position in range(step * batch_size, (step + 1) * batch_size):
         epoch, offset = divmod(position, num_examples)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_examples)[offset]))
+        out.append(int(_epoch_order(seed, epoch, num_examples)[offset]))
     return out
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The order of the examples in ``epoch``: [num_examples]."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
 def _encode(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig) -> list[tuple[list[int], list[int]]]:

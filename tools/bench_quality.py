@@ -1,0 +1,239 @@
+"""Quality benchmark of issue 7 (design §3 protocol): is the slim model as good as the full one?
+
+Models, all scored on the same seeded test users and 1+19 candidates, in two negative
+regimes (uniform, popularity-proportional):
+  zero-shot full | full fine-tuned (the reference) | slim keep-K plain drop, no healing |
+  slim keep-K bridged + healed | slim keep-K bridged + healed + distilled from the full fine-tuned model
+beside the random and popularity baselines. Slim and full are fine-tuned with the same
+recipe and budget. Quality retained = (slim - random) / (full - random) on NDCG@10 with a
+paired bootstrap interval, the raw ratio beside it. Each model's LLM score is also
+combined with the log-popularity prior, ``score + w log(1 + train count)``, with ``w``
+chosen on validation users (same regime), and compared with popularity alone.
+
+Every stage caches its output under OUT/work, so a rerun continues where it stopped.
+
+Full configuration (documented command; ~90 minutes on one GPU, far more on 2 CPU cores):
+    python tools/bench_quality.py --test-users 500 --valid-users 200 --steps 300 --batch-size 8 --out bench/quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ollama_slim.data import load_dataset
+from ollama_slim.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases
+from ollama_slim.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline
+from ollama_slim.retained import retained_on_lift
+
+DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"
+REGIMES = ("uniform", "popularity")
+PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2:135m")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/amazon-electronics-2014"))
+    p.add_argument("--kept", default=DEFAULT_KEPT)
+    p.add_argument("--bridge", default="mlp-fold")
+    p.add_argument("--calib-tokens", type=int, default=4096)
+    p.add_argument("--test-users", type=int, default=500)
+    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--history", type=int, default=5)
+    p.add_argument("--title-words", type=int, default=10)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--skip", default="", help="leave out: distilled, bridged-unhealed (comma-separated)")
+    p.add_argument("--out", type=Path, default=Path("bench-quality"))
+    return p.parse_args(argv)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def build_slim(args: argparse.Namespace, work: Path, bridge: str) -> Path:
+    """The compact model with ``bridge`` fitted on train calibration data (cached)."""
+    from ollama_slim import bridges as br
+    from ollama_slim.build import save_compact, slice_model
+    from ollama_slim.modeling import load
+    from ollama_slim.sources import resolve
+
+    out = work / f"slim-{bridge}"
+    if out.is_dir():
+        return out
+    resolved = resolve(args.model)
+    original, tokenizer = load(resolved.model_dir)
+    kept = [int(i) for i in args.kept.split(",")]
+    compact = slice_model(original, kept)
+    calibration = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(args.data), max_tokens=args.calib_tokens, history=args.history)
+    summary = br.BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
+    save_compact(compact, tokenizer, out, provenance={"source": {"ref": args.model}, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
+    return out
+
+
+def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None) -> Path:
+    """Fine-tune ``model_dir`` with the benchmark's recipe (cached; resumes if interrupted)."""
+    from ollama_slim.finetune import FinetuneConfig, finetune
+
+    if (out / "slim.json").is_file():
+        return out
+    config = FinetuneConfig(
+        model=str(model_dir), data=args.data, out_dir=out, steps=args.steps, lora_rank=args.lora_rank, lr=args.lr,
+        batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
+        distill_from=str(teacher) if teacher else None, distill_weight=args.distill_weight,
+    )
+    began = time.perf_counter()
+    result = finetune(config, on_step=lambda p: log(f"{out.name} step {p.step}/{p.total} loss {p.loss:.3f}") if p.step % 10 == 0 else None)
+    log(f"{out.name}: {result.steps} steps in {time.perf_counter() - began:.0f}s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f}")
+    return out
+
+
+def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """``{key: model directory}`` in table order, building and healing what is missing."""
+    from ollama_slim.sources import resolve
+
+    skip = set(filter(None, args.skip.split(",")))
+    full = Path(resolve(args.model).model_dir)
+    out = {"zero-shot full": full}
+    out["full fine-tuned"] = heal(args, full, work / "ft-full")
+    out["slim plain drop, no healing"] = build_slim(args, work, "none")
+    slim = build_slim(args, work, args.bridge)
+    if "bridged-unhealed" not in skip:
+        out[f"slim {args.bridge}, no healing"] = slim
+    out[f"slim {args.bridge} + healed"] = heal(args, slim, work / f"slim-{args.bridge}-healed")
+    if "distilled" not in skip:
+        out[f"slim {args.bridge} + healed + distilled"] = heal(args, slim, work / f"slim-{args.bridge}-distilled", teacher=out["full fine-tuned"])
+    return out
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+
+def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalConfig:
+    users = args.test_users if split == "test" else args.valid_users
+    return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words)
+
+
+def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
+    """``{"<split>/<regime>": scores [U, 20]}`` of one model (cached as .npz)."""
+    from ollama_slim.modeling import load
+    from ollama_slim.scorers import TransformersScorer
+
+    cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus") + ".npz")
+    if cache.is_file():
+        return dict(np.load(cache))
+    model, tokenizer = load(model_dir)
+    scorer = TransformersScorer(model=model, tokenizer=tokenizer)
+    out = {}
+    for split in ("test", "valid"):
+        for regime in REGIMES:
+            config = eval_config(args, split=split, regime=regime)
+            began = time.perf_counter()
+            out[f"{split}/{regime}"], _ = score_cases(scorer, dataset, prepare_cases(dataset, config), config)
+            log(f"scored {key} {split}/{regime} in {time.perf_counter() - began:.0f}s")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def with_prior(llm: np.ndarray, pop: np.ndarray, weight: float) -> np.ndarray:
+    """LLM score + ``weight`` x log(1 + train count): [U, C]."""
+    return llm + weight * np.log1p(pop)
+
+
+def choose_weight(valid: np.ndarray, valid_pop: np.ndarray) -> float:
+    """The prior weight with the best validation NDCG@10 (ties: the smallest)."""
+    means = [per_user_metrics(with_prior(valid, valid_pop, w))["ndcg@10"].mean() for w in PRIOR_WEIGHTS]
+    return PRIOR_WEIGHTS[int(np.argmax(means))]
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _iv(values: np.ndarray) -> dict:
+    return bootstrap_interval(values).to_json()
+
+
+def regime_report(regime: str, scores: dict[str, dict[str, np.ndarray]], args: argparse.Namespace, dataset) -> dict:
+    """Metrics of every model in one regime, baselines, prior combination and retained."""
+    pops = {split: popularity_scores(dataset, prepare_cases(dataset, eval_config(args, split=split, regime=regime))) for split in ("test", "valid")}
+    pop_test = per_user_metrics(pops["test"])
+    reference = per_user_metrics(scores["full fine-tuned"][f"test/{regime}"])["ndcg@10"]
+    random = random_baseline(20)["ndcg@10"]
+    rows = {}
+    for key, by_split in scores.items():
+        test = per_user_metrics(by_split[f"test/{regime}"])
+        weight = choose_weight(by_split[f"valid/{regime}"], pops["valid"])
+        combined = per_user_metrics(with_prior(by_split[f"test/{regime}"], pops["test"], weight))["ndcg@10"]
+        row = {"ndcg@10": _iv(test["ndcg@10"]), "hr@10": float(test["hr@10"].mean()), "mrr": float(test["mrr"].mean()),
+               "prior_weight": weight, "ndcg@10_with_prior": _iv(combined),
+               "with_prior_minus_popularity": paired_bootstrap_diff(combined, pop_test["ndcg@10"]).to_json()}
+        if key != "full fine-tuned":
+            row["retained_vs_full_finetuned"] = retained_on_lift(test["ndcg@10"], reference, random=random).to_json()
+        rows[key] = row
+    full_gain = paired_bootstrap_diff(reference, per_user_metrics(scores["zero-shot full"][f"test/{regime}"])["ndcg@10"]).to_json()
+    return {"random_ndcg@10": random, "popularity": {"ndcg@10": _iv(pop_test["ndcg@10"]), "hr@10": float(pop_test["hr@10"].mean())},
+            "full_finetuned_minus_zero_shot": full_gain, "models": rows}
+
+
+def _fmt(iv: dict) -> str:
+    return f"{iv['mean']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [f"# Quality: {cfg['model']} full vs keep {len(cfg['kept'].split(','))} ({cfg['bridge']})", "",
+             f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
+             f"Healing: LoRA r{cfg['lora_rank']}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
+             f"titles cut to {cfg['title_words']} words. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10."]
+    for regime, rep in report["regimes"].items():
+        lines += ["", f"## {regime} negatives", "",
+                  "| model | NDCG@10 [95% CI] | HR@10 | MRR | retained on lift [95% CI] | raw ratio | + log-pop prior (w) | prior - popularity |",
+                  "| --- | --- | ---: | ---: | --- | ---: | --- | --- |"]
+        for key, row in rep["models"].items():
+            ret = row.get("retained_vs_full_finetuned")
+            rtxt = f"{ret['retained']:.2f} [{ret['retained_low']:.2f}, {ret['retained_high']:.2f}]" if ret else "(reference)"
+            raw = f"{ret['raw']:.2f}" if ret else "1.00"
+            lines.append(f"| {key} | {_fmt(row['ndcg@10'])} | {row['hr@10']:.3f} | {row['mrr']:.3f} | {rtxt} | {raw} | "
+                         f"{_fmt(row['ndcg@10_with_prior'])} ({row['prior_weight']:g}) | {_fmt(row['with_prior_minus_popularity'])} |")
+        lines.append(f"| popularity | {_fmt(rep['popularity']['ndcg@10'])} | {rep['popularity']['hr@10']:.3f} | | | | | |")
+        lines.append(f"| random | {rep['random_ndcg@10']:.3f} | 0.500 | | | | | |")
+        gain = rep["full_finetuned_minus_zero_shot"]
+        lines += ["", f"Full fine-tuned minus zero-shot full: {_fmt(gain)} (paired bootstrap)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    work = args.out.with_name(args.out.name + "-work")
+    dataset = load_dataset(args.data)
+    began = time.perf_counter()
+    found = models(args, work)
+    scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
+    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "models": {k: str(v) for k, v in found.items()},
+              "regimes": {regime: regime_report(regime, scores, args, dataset) for regime in REGIMES},
+              "seconds": round(time.perf_counter() - began, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
