@@ -149,15 +149,16 @@ def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path
     _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec)
     _add_hparams(writer, arch=fam.gguf_arch, hf_config=hf_config)
     _add_tokenizer(writer, tok)
-    n_tensors = 0
-    for name, array, qtype in _tensors(model_dir=model_dir, fam=fam, hf_config=hf_config, spec=spec):
-        writer.add_tensor(name, array, raw_dtype=qtype)
-        n_tensors += 1
+    plan = _plan_tensors(model_dir=model_dir, fam=fam, hf_config=hf_config, spec=spec)
+    for item in plan:  # tensor infos first (shapes and sizes only) ...
+        writer.add_tensor_info(item.gguf_name, item.info_shape, item.info_dtype, item.nbytes, raw_dtype=item.raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for item in plan:  # ... then the data, one tensor in memory at a time
+        writer.write_tensor_data(_encode(_load(item, fam=fam, hf_config=hf_config), qtype=item.qtype))
     writer.close()
-    return tok, n_tensors
+    return tok, len(plan)
 
 
 def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -259,24 +260,82 @@ def _add_tokenizer(writer: Any, tok: GGUFTokenizer) -> None:
 # --- tensors --------------------------------------------------------------------------
 
 
-def _tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], spec: dict[str, Any]):
-    """Yield ``(gguf_name, array, raw_qtype_or_None)`` for every tensor, in GGUF order."""
+@dataclass(frozen=True, kw_only=True)
+class _Planned:
+    """One GGUF tensor: where it comes from and how it is stored (``qtype``: a GGML type name)."""
+
+    gguf_name: str
+    hf_name: str | None  # None: computed (rope_freqs)
+    file: Path | None
+    shape: tuple[int, ...]  # the Hugging Face shape, e.g. (out_features, in_features)
+    qtype: str
+
+    @property
+    def raw_dtype(self) -> Any:
+        import gguf
+
+        return None if self.qtype in ("F32", "F16") else gguf.GGMLQuantizationType[self.qtype]
+
+    @property
+    def info_dtype(self) -> Any:
+        import numpy as np
+
+        return {"F32": np.float32, "F16": np.float16}.get(self.qtype, np.uint8)
+
+    @property
+    def info_shape(self) -> tuple[int, ...]:
+        import gguf
+
+        return self.shape if self.raw_dtype is None else tuple(gguf.quant_shape_to_byte_shape(self.shape, self.raw_dtype))
+
+    @property
+    def nbytes(self) -> int:
+        import numpy as np
+
+        return int(np.prod(self.info_shape)) * np.dtype(self.info_dtype).itemsize
+
+
+def _plan_tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], spec: dict[str, Any]) -> list[_Planned]:
+    """Every GGUF tensor in file order, from the safetensors headers (no weights read)."""
     from safetensors import safe_open
 
     names = dict(fam.gguf_tensors)
     tied = bool(hf_config.get("tie_word_embeddings", False))
-    factors = _rope_freqs(hf_config)
-    if factors is not None:
-        yield _rope(hf_config)["freqs_tensor"], factors, None
+    plan = []
+    if "freqs_tensor" in _rope(hf_config):
+        shape = (int(hf_config["head_dim"]) // 2,)
+        plan.append(_Planned(gguf_name=_rope(hf_config)["freqs_tensor"], hf_name=None, file=None, shape=shape, qtype="F32"))
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for hf_name in f.keys():
                 if tied and hf_name == f"{fam.lm_head}.weight":
                     continue  # llama.cpp reuses token_embd when output.weight is absent
+                shape = tuple(f.get_slice(hf_name).get_shape())
                 gguf_name = _gguf_name(names, hf_name, layers=fam.layers)
-                array = f.get_tensor(hf_name).float().numpy()
-                array = _permute_for_rope(array, hf_name=hf_name, fam=fam, hf_config=hf_config)
-                yield (gguf_name, *_encode(array, spec=spec))
+                plan.append(_Planned(gguf_name=gguf_name, hf_name=hf_name, file=file, shape=shape, qtype=_tensor_type(shape, spec=spec)))
+    return plan
+
+
+def _tensor_type(shape: tuple[int, ...], *, spec: dict[str, Any]) -> str:
+    """The outtype's type for matrices whose rows fit its blocks; f32 for vectors, as llama.cpp wants."""
+    import gguf
+
+    kind = spec.get("tensor_type", "F32")
+    if len(shape) < 2 or kind == "F32":
+        return "F32"
+    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]][0]
+    return kind if shape[-1] % block == 0 else spec.get("fallback", "F16")
+
+
+def _load(item: _Planned, *, fam: Family, hf_config: dict[str, Any]) -> Any:
+    """The float32 array of ``item`` in llama.cpp's layout (Q/K rows permuted where needed)."""
+    from safetensors import safe_open
+
+    if item.hf_name is None:
+        return _rope_freqs(hf_config)
+    with safe_open(str(item.file), framework="pt") as f:
+        array = f.get_tensor(item.hf_name).float().numpy()
+    return _permute_for_rope(array, hf_name=item.hf_name, fam=fam, hf_config=hf_config)
 
 
 def _gguf_name(names: dict[str, str], hf_name: str, *, layers: str) -> str:
@@ -308,29 +367,20 @@ def _permute_for_rope(array: Any, *, hf_name: str, fam: Family, hf_config: dict[
     return array.reshape(heads, 2, rows // heads // 2, *rest).swapaxes(1, 2).reshape(rows, *rest).copy()
 
 
-def _encode(array: Any, *, spec: dict[str, Any]) -> tuple[Any, Any]:
-    """``(array, qtype)`` in the outtype's encoding; vectors stay f32 as llama.cpp wants."""
+def _encode(array: Any, *, qtype: str) -> Any:
+    """``array`` as stored: f32/f16 arrays, or the quantized bytes of gguf-py (bf16, q8_0)."""
     import gguf
     import numpy as np
 
-    kind = spec.get("tensor_type", "F32")
-    if array.ndim < 2 or kind == "F32":
-        return np.ascontiguousarray(array, dtype=np.float32), None
-    qtype = gguf.GGMLQuantizationType[kind]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    if array.shape[-1] % block:
-        qtype = gguf.GGMLQuantizationType[spec.get("fallback", "F16")]
-    if qtype == gguf.GGMLQuantizationType.F16:
-        return array.astype(np.float16), None
-    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype), qtype
+    if qtype in ("F32", "F16"):
+        return np.ascontiguousarray(array, dtype=np.float32 if qtype == "F32" else np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), gguf.GGMLQuantizationType[qtype])
 
 
 def _rope_freqs(hf_config: dict[str, Any]) -> Any:
     """Llama-3 rope: per-frequency divisors of the base frequencies, shape ``(head_dim / 2,)``."""
     import numpy as np
 
-    if "freqs_tensor" not in _rope(hf_config):
-        return None
     p = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
     theta = float(_config_value(hf_config, "rope_parameters.rope_theta") or hf_config.get("rope_theta") or 10000.0)
     dim = int(hf_config["head_dim"])
