@@ -56,8 +56,10 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
         click.echo(json.dumps(result.to_json(per_user=per_user), indent=2))
         return
     Console().print(_table(result))
+    d = result.data
+    console.print(f"data {d['name']}: {d['users']} users, {d['items']} items, {d['interactions']} interactions ({d['dropped_users']} users with < 3 interactions dropped)")
     if result.seconds > 0:
-        console.print(f"{len(result.users)} users, {result.tokens} tokens in {result.seconds:.1f}s ({result.tokens / result.seconds:.0f} tokens/s)")
+        console.print(f"scored {result.tokens} tokens in {result.seconds:.1f}s ({result.tokens / result.seconds:.0f} tokens/s); ties count as a random order of the tied candidates")
 
 
 def _table(result) -> Table:
