@@ -273,5 +273,5 @@ def select_layers(config: SelectConfig, *, progress: Progress | None = None) -> 
                           cache={"search": ctx.loss.cache.stats(), "quality": ctx.rank.cache.stats()}, scores=used, path=layout.selection, png=layout.selection_png,
                           extra={"data": data, "split": "valid", "val_users": config.val_users, "target": {"keep": config.keep, "min_retained": config.min_retained}})
     paths.write_json(layout.selection, result.to_json())
-    plot_selection(layout.selection_png, steps=[asdict(s) for s in steps], full=asdict(ctx.full), title=f"{config.strategy} selection: {model}")
+    plot_selection(layout.selection_png, steps=[asdict(s) for s in steps], full=asdict(ctx.full), chance=ctx.chance, title=f"{config.strategy} selection: {model}")
     return result

@@ -9,8 +9,9 @@ ones (Fisher, gradient norm) run the whole model with ``scoring.title_nll``.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -84,6 +85,26 @@ def _layer_grad_sums(ctx: ScoringContext, batches: list[list[tuple[list[int], li
     the mean loss over all batches.
     """
     params = [[p for p in layer.parameters() if p.requires_grad] for layer in decoder_layers(ctx.model)]
+    with _only_grads_for([p for ps in params for p in ps], ctx.model):
+        return _accumulate(ctx, params, batches, square_each=square_each)
+
+
+@contextmanager
+def _only_grads_for(wanted: list[torch.nn.Parameter], model: Any) -> Iterator[None]:
+    """Gradients for ``wanted`` only (no embedding or head gradients to compute), restored after."""
+    ids = {id(p) for p in wanted}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _accumulate(ctx: ScoringContext, params: list[list[torch.nn.Parameter]], batches: list[list[tuple[list[int], list[int]]]], *, square_each: bool) -> list[float]:
+    """Backward the title loss of each batch; per layer, the summed squared gradients (see above)."""
     acc = [0.0] * len(params)
     total = sum(len(b) for b in batches)
     ctx.model.zero_grad(set_to_none=True)

@@ -47,8 +47,8 @@ def plot_scores(target: Path, *, rows: dict[str, list[float]], title: str) -> Pa
     return _save(fig, target)
 
 
-def plot_selection(target: Path, *, steps: list[dict[str, Any]], full: dict[str, float], title: str) -> Path:
-    """Validation title loss (left) and NDCG@10 (right) against the number of layers kept."""
+def plot_selection(target: Path, *, steps: list[dict[str, Any]], full: dict[str, float], chance: float, title: str) -> Path:
+    """Validation title loss (left) and NDCG@10 (right, chance dashed) against the layers kept."""
     sizes = [len(s["layers"]) for s in steps]
     fig, ax = _figure(7.0, 4.0)
     ax.plot(sizes, [s["val_loss"] for s in steps], "o-", color="tab:red", label="val title loss")
@@ -58,6 +58,7 @@ def plot_selection(target: Path, *, steps: list[dict[str, Any]], full: dict[str,
     right = ax.twinx()
     right.plot(sizes, [s["ndcg10"] for s in steps], "s-", color="tab:blue", label="NDCG@10")
     right.axhline(full["ndcg10"], color="tab:blue", linestyle=":")
+    right.axhline(chance, color="grey", linestyle="--", linewidth=0.8)
     right.set_ylabel("validation NDCG@10", color="tab:blue")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper center", fontsize=8)
