@@ -115,16 +115,26 @@ def test_check_catches_a_broken_export(compact_llama: Path, tmp_path: Path, monk
     assert list(out.parent.iterdir()) == []  # nothing half-written
 
 
-def test_llama3_rope_scaling(tiny_llama: Path, tmp_path: Path) -> None:
-    model_dir = tmp_path / "llama3-rope"
+@pytest.mark.parametrize(
+    ("rope", "tensor"),
+    [
+        ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}, "rope_freqs.weight"),
+        ({"rope_type": "linear", "factor": 4.0}, None),
+    ],
+)
+def test_rope_scaling(tiny_llama: Path, tmp_path: Path, rope: dict, tensor: str | None) -> None:
+    model_dir = tmp_path / "scaled-rope"
     shutil.copytree(tiny_llama, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    config["rope_parameters"] = {"rope_theta": 10000.0, **rope}
     (model_dir / "config.json").write_text(json.dumps(config))
     result = export_gguf(ExportConfig(model_dir=model_dir, outtype="f32", out=tmp_path / "r.gguf"))
     assert result.check.passed and result.check.rel_diff <= 1e-3
-    _, tensors = _fields(tmp_path / "r.gguf")
-    assert tensors["rope_freqs.weight"] == "F32"
+    meta, tensors = _fields(tmp_path / "r.gguf")
+    if tensor:
+        assert tensors[tensor] == "F32"
+    else:
+        assert meta["llama.rope.scaling.type"] == rope["rope_type"] and meta["llama.rope.scaling.factor"] == rope["factor"]
     plain = check_gguf(tmp_path / "r.gguf", tiny_llama)  # the same GGUF against the unscaled model: must differ
     assert not plain.passed and plain.rel_diff > 10 * result.check.rel_diff
 
