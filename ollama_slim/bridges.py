@@ -112,7 +112,7 @@ def _apply(matrix: torch.Tensor) -> Callable[[Any, Any, Any], Any]:
     """A forward hook mapping the module's output rows ``x [..., d] -> x @ matrix.T``."""
 
     def hook(module: Any, args: Any, output: Any) -> Any:
-        return _replace_output(output, lambda x: x @ matrix.to(x.dtype).T)
+        return _replace_output(output, lambda x: x @ matrix.to(device=x.device, dtype=x.dtype).T)
 
     return hook
 

@@ -491,11 +491,17 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
 
 
 def _resume(directory: Path, *, trainee: _Trainee, optimizer: Any, config: FinetuneConfig) -> tuple[int, list[float]]:
-    """``(step, losses)`` of the last checkpoint in ``directory``, or ``(0, [])``."""
+    """``(step, losses)`` of the last checkpoint in ``directory``, or ``(0, [])``.
+
+    With ``config.force``, checkpoints made with other settings are discarded.
+    """
     for stale in directory.glob(".ckpt-*"):  # temp dirs of a write that was killed
         shutil.rmtree(stale, ignore_errors=True)
     checkpoint = latest_checkpoint(directory) if directory.is_dir() else None
     if checkpoint is None:
+        return 0, []
+    if config.force and paths.read_json(checkpoint / "state.json").get("config") != json.loads(json.dumps(config.fingerprint())):
+        shutil.rmtree(directory, ignore_errors=True)  # --force: other settings, start over
         return 0, []
     return load_checkpoint(checkpoint, trainee=trainee, optimizer=optimizer, config=config)
 

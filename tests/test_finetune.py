@@ -118,7 +118,9 @@ def test_checkpoint_made_with_other_settings_is_refused(tiny_llama: Path, tiny_d
     config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=2)
     ft.finetune(config)
     with pytest.raises(RunError, match="other settings"):
-        ft.finetune(replace(config, lr=1e-3, force=True))
+        ft.finetune(replace(config, lr=1e-3))
+    again = ft.finetune(replace(config, lr=1e-3, force=True))  # --force starts over
+    assert again.resumed_from == 0 and len(again.losses) == 2
 
 
 def test_full_finetune_with_distillation(tiny_llama: Path, tiny_qwen2: Path, tiny_data: Path, tmp_path: Path) -> None:

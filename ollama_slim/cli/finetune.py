@@ -29,7 +29,7 @@ from rich.table import Table
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default for a run: RUN/healed].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order and initialisation.")
 @click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or local directory to use for MODEL.")
-@click.option("--force", is_flag=True, help="Replace an existing output directory.")
+@click.option("--force", is_flag=True, help="Replace an existing output directory; discard checkpoints made with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
             distill_weight: float, train_bridges: bool, lr: float, batch_size: int, checkpoint_every: int, users: int | None,
