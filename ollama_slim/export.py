@@ -220,8 +220,6 @@ def _rope(hf_config: dict[str, Any]) -> dict[str, Any]:
 
 def _tokenizer(model_dir: Path, hf_config: dict[str, Any], *, tokenizer_gguf: Path | None) -> GGUFTokenizer:
     """Tokenizer fields: copied from the given or source GGUF when there is one, else derived."""
-    from .modeling import load_tokenizer
-
     vocab = int(hf_config["vocab_size"])
     if tokenizer_gguf is not None:
         copied = from_source_gguf(Path(tokenizer_gguf), vocab_size=vocab)
@@ -232,8 +230,7 @@ def _tokenizer(model_dir: Path, hf_config: dict[str, Any], *, tokenizer_gguf: Pa
     copied = from_source_gguf(Path(source), vocab_size=vocab) if source and Path(source).is_file() else None
     if copied is not None:
         return _with_template(copied, model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    return _with_template(from_tokenizer_json(model_dir, vocab_size=vocab, tokenizer=tokenizer), model_dir)
+    return _with_template(from_tokenizer_json(model_dir, vocab_size=vocab), model_dir)
 
 
 def _with_template(tok: GGUFTokenizer, model_dir: Path) -> GGUFTokenizer:

@@ -89,7 +89,7 @@ def _llama_logits(gguf_path: Path, token_ids: list[list[int]]) -> list[Any]:
         llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1,
                     type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)  # an f32 KV cache: compare the weights, not the cache
     except Exception as err:
-        raise ExportError(f"llama.cpp cannot load the GGUF ({type(err).__name__}: {err})", hint="the GGUF was not written; report the model") from None
+        raise ExportError(f"llama.cpp cannot load {gguf_path.name} ({type(err).__name__}: {err})", hint="an export that fails here is not kept; report the model") from None
     out = []
     try:
         for ids in token_ids:

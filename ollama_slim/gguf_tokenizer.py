@@ -60,13 +60,16 @@ def from_source_gguf(gguf_path: Path, *, vocab_size: int) -> GGUFTokenizer | Non
     return GGUFTokenizer(fields=fields, origin=f"source-gguf {gguf_path.name}", pre=pre, n_tokens=len(tokens))
 
 
-def from_tokenizer_json(model_dir: Path, *, vocab_size: int, tokenizer: Any) -> GGUFTokenizer:
-    """Derive gpt2-style BPE fields from ``model_dir/tokenizer.json`` and the HF ``tokenizer``.
+def from_tokenizer_json(model_dir: Path, *, vocab_size: int) -> GGUFTokenizer:
+    """Derive gpt2-style BPE fields from ``model_dir/tokenizer.json`` and its HF tokenizer.
 
     The token list is padded with ``[PAD<i>]`` (type UNUSED) up to ``vocab_size``, the
     number of embedding rows, as llama.cpp requires one token per row.
     """
+    from .modeling import load_tokenizer
+
     spec = _read_tokenizer_json(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     tokens, types = _token_table(spec, vocab_size=vocab_size)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
@@ -84,10 +87,10 @@ def from_tokenizer_json(model_dir: Path, *, vocab_size: int, tokenizer: Any) -> 
 def _read_tokenizer_json(model_dir: Path) -> dict[str, Any]:
     file = model_dir / "tokenizer.json"
     if not file.is_file():
-        raise ExportError(f"{model_dir} has no tokenizer.json", hint="only fast (tokenizers) byte-level BPE tokenizers can be exported; save the tokenizer with transformers first")
+        raise ExportError(f"{model_dir} has no tokenizer.json", hint="save the tokenizer with transformers (a fast tokenizer) or pass --tokenizer-gguf")
     spec = json.loads(file.read_text(encoding="utf-8"))
     if spec.get("model", {}).get("type") != "BPE" or spec["model"].get("byte_fallback"):
-        raise ExportError(f"{file}: only byte-level BPE tokenizers (GPT-2 style) can be exported yet", hint="export a model whose source was a GGUF, or a Llama-3/Qwen2/SmolLM-style tokenizer")
+        raise ExportError(f"{file}: only byte-level BPE tokenizers (GPT-2 style) can be exported yet", hint="pass --tokenizer-gguf with the GGUF the model came from")
     return spec
 
 
@@ -147,5 +150,5 @@ def pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
             return rule["pre"]
     raise ExportError(
         f"no llama.cpp pre-tokenizer is known for this tokenizer (steps: {' + '.join(steps) or 'none'})",
-        hint="add a rule to ollama_slim/_data/gguf_export.json, or export from a model whose source was a GGUF",
+        hint="pass --tokenizer-gguf with the GGUF the model came from, or add a rule to ollama_slim/_data/gguf_export.json",
     )

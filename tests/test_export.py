@@ -199,6 +199,23 @@ def test_tokenizer_copied_from_a_given_gguf(compact_llama: Path, compact_qwen2: 
         export_gguf(ExportConfig(model_dir=small, outtype="f32", out=tmp_path / "x.gguf", tokenizer_gguf=wrong))
 
 
+def test_unexportable_models_fail_clearly_and_leave_nothing(compact_llama: Path, tmp_path: Path) -> None:
+    no_tok = tmp_path / "no-tokenizer"
+    shutil.copytree(compact_llama, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    (no_tok / "slim.json").unlink()
+    out = tmp_path / "out" / "m.gguf"
+    with pytest.raises(ExportError, match="has no tokenizer.json"):
+        export_gguf(ExportConfig(model_dir=no_tok, outtype="f32", out=out))
+    yarn = tmp_path / "yarn"
+    shutil.copytree(compact_llama, yarn)
+    config = json.loads((yarn / "config.json").read_text())
+    (yarn / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}))
+    with pytest.raises(ExportError, match="rope type 'yarn' cannot be exported yet"):
+        export_gguf(ExportConfig(model_dir=yarn, outtype="q4_k_m", out=out))
+    assert list(out.parent.iterdir()) == []
+
+
 def test_pre_tokenizer_rules() -> None:
     qwen2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
     split = {"type": "Split", "pattern": {"Regex": qwen2}, "behavior": "Isolated", "invert": False}
