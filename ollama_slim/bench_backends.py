@@ -26,12 +26,24 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so `-m ollama_slim.l
 # --------------------------------------------------------------------------- ollama
 
 
+def registered_name(run_dir: Path) -> str | None:
+    """The Ollama name a run directory's ``register.json`` records, if it registered one."""
+    record = RunLayout(run_dir).register
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = data.get("name") if isinstance(data, dict) and data.get("registered", True) else None
+    return name if isinstance(name, str) and name else None
+
+
 def ollama_name(ref: str) -> str:
     """An Ollama model name for ``ref``: the name itself, or the one a run directory registered."""
     path = Path(ref)
-    record = RunLayout(path).register
-    if path.is_dir() and record.is_file():
-        return json.loads(record.read_text(encoding="utf-8"))["name"]
+    if path.is_dir() and registered_name(path):
+        return registered_name(path)
+    if path.is_dir():
+        raise UsageError(f"run directory {ref} has registered no model in Ollama", hint=f"register it first (ollama-slim register {ref} --name NAME), or use --backend llama-cpp")
     if path.exists():
         raise UsageError(f"{ref} is a file, and the ollama backend measures models registered in Ollama", hint=f"register it first (ollama-slim register {ref} --name NAME), or use --backend llama-cpp")
     parse_name(ref)
@@ -86,7 +98,7 @@ class OllamaSession:
 def is_ollama_ref(ref: str) -> bool:
     """True for a model name, or a run directory that records a registered name."""
     path = Path(ref)
-    return not path.exists() or (path.is_dir() and RunLayout(path).register.is_file())
+    return not path.exists() or (path.is_dir() and registered_name(path) is not None)
 
 
 def _same_name(a: str, b: str) -> bool:

@@ -170,6 +170,10 @@ def test_auto_picks_ollama_only_when_it_can(ollama_server: OllamaStandIn, tmp_pa
     assert pick_backend(BenchConfig(original="smollm2:135m", slim="smollm2-slim")).name == "ollama"
     assert pick_backend(BenchConfig(original="smollm2:135m", slim=str(gguf))).name == "llama-cpp"  # a file: not Ollama's
     assert pick_backend(BenchConfig(original="smollm2:135m", slim=str(tmp_path))).name == "llama-cpp"  # a run dir never registered
+    (tmp_path / "register.json").write_text('{"registered": false, "reason": "--no-register"}')
+    assert pick_backend(BenchConfig(original="smollm2:135m", slim=str(tmp_path))).name == "llama-cpp"
+    with pytest.raises(UsageError, match="has registered no model in Ollama"):
+        bench(BenchConfig(original="smollm2:135m", slim=str(tmp_path), backend="ollama"))
     monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{free_port()}")
     assert pick_backend(BenchConfig(original="smollm2:135m", slim="smollm2-slim")).name == "llama-cpp"  # no server answers
     with pytest.raises(UsageError, match="unknown backend 'gpu'"):
