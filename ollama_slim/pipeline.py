@@ -39,6 +39,7 @@ class PruneConfig:
     batch_size: int = 8
     lora_rank: int = 16
     lr: float = 2e-4
+    checkpoint_every: int = 25
     outtype: str = "q4_k_m"
     register: bool = True
     run_dir: Path | None = None

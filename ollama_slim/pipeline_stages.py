@@ -60,7 +60,7 @@ class _Plan:
         def work() -> None:
             from .importance.stage import ScoreConfig, score_layers
 
-            score_layers(ScoreConfig(model=self.model_dir(), data=c.data, methods=c.methods, calib_users=c.calib_users, run_dir=self.layout.root,
+            score_layers(ScoreConfig(model=c.model, hf=c.hf, data=c.data, methods=c.methods, calib_users=c.calib_users, run_dir=self.layout.root,
                                      dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=self.prompt()), progress=self.say)
 
         return {"data": c.data, "methods": c.methods, "calib_users": c.calib_users, "dtype": c.dtype, "seed": c.seed}, [self.layout.scores], work
@@ -82,7 +82,7 @@ class _Plan:
         def work() -> None:
             from .build import BuildConfig, build_compact
 
-            build_compact(BuildConfig(model=self.model_dir(), selection=self.layout.selection, out_dir=self.layout.compact_dir, bridge=c.bridge,
+            build_compact(BuildConfig(model=c.model, hf=c.hf, selection=self.layout.selection, out_dir=self.layout.compact_dir, bridge=c.bridge,
                                       data=c.data, force=True))
 
         return {"bridge": c.bridge, "data": c.data}, [self.layout.compact_dir / "config.json"], work
@@ -91,8 +91,8 @@ class _Plan:
         from .finetune import FinetuneConfig
 
         c = self.config
-        return FinetuneConfig(model=model, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
-                              seed=c.seed, history=c.history, title_words=c.title_words, force=True)
+        return FinetuneConfig(model=model, hf=c.hf if model == c.model else None, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
+                              checkpoint_every=c.checkpoint_every, seed=c.seed, history=c.history, title_words=c.title_words, force=True)
 
     def _finetune(self) -> StageSpec:
         c = self.config
@@ -117,7 +117,7 @@ class _Plan:
             from .finetune import finetune
 
             if wanted:
-                finetune(self._finetune_config(self.model_dir(), self.reference_dir), on_step=self._on_step)
+                finetune(self._finetune_config(c.model, self.reference_dir), on_step=self._on_step)
 
         outputs = [self.reference_dir / "config.json"] if wanted else []
         return {"reference": wanted, "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size}, outputs, work
@@ -203,8 +203,7 @@ class _Plan:
         return PromptConfig(history=self.config.history, title_words=self.config.title_words)
 
     def _on_step(self, p: Any) -> None:
-        if p.step == p.total or p.step % 10 == 0:
-            self.say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}")
+        self.say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}")
 
 
 def _copy_model(src: Path, dst: Path) -> None:

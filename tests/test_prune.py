@@ -1,0 +1,125 @@
+"""`prune`: the whole chain on the real SmolLM2, resuming, --from, and its errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file
+
+from ollama_slim.cli import main
+from ollama_slim.pipeline import PruneConfig, command_line, prune
+
+pytest_plugins: list[str] = []
+
+ARTIFACTS = ("model.gguf", "Modelfile", "report.md", "scores.png", "selection.png", "speed_quality.png", "bench.json", "eval_original.json", "eval_slim.json")
+
+
+def _config(run_dir: Path, **overrides) -> PruneConfig:
+    """A shortened prune: few users, few steps, the cheap scorers."""
+    base = dict(model="smollm2:135m", keep=10, run_dir=run_dir, data="movielens-100k", methods=("block-influence", "angular"), bridge="none",
+                steps=4, batch_size=2, checkpoint_every=2, calib_users=4, val_users=4, eval_users=4, outtype="q8_0", bench_repeats=1, reference=False)
+    return PruneConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ollama_server import OllamaStandIn
+
+    with OllamaStandIn(tmp_path_factory.mktemp("ollama-store")) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, server, smollm2):
+    """One shortened prune, end to end, registered in the stand-in Ollama server."""
+    run_dir = tmp_path_factory.mktemp("prune") / "run"
+    config = _config(run_dir, host=server.url, name="smollm2-slim")
+    return config, prune(config)
+
+
+@pytest.mark.slow
+def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
+    config, result = finished_run
+    for name in ARTIFACTS:
+        assert (config.run_dir / name).is_file(), name
+    assert result.registered == "smollm2-slim"
+    assert server.store.find("smollm2-slim") is not None
+    report = (config.run_dir / "report.md").read_text()
+    assert "not\n\"quality retained\"" in report or "untuned" in report  # says what the figures compare
+    assert "| random |" in report and "| popularity" in report
+    assert command_line(config) in report
+    assert "generation tokens/s" in report
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_stage(finished_run) -> None:
+    config, _ = finished_run
+    again = prune(config)
+    assert again.ran == []
+    assert "finetune" in again.skipped and "export" in again.skipped
+
+
+@pytest.mark.slow
+def test_from_stage_redoes_that_stage_and_later(finished_run) -> None:
+    config, _ = finished_run
+    before = (config.run_dir / "model.gguf").stat().st_mtime_ns
+    redo = prune(PruneConfig(**{**config.__dict__, "from_stage": "export", "register": False}))
+    assert redo.ran[:1] == ["export"] and "finetune" in redo.skipped and "build" in redo.skipped
+    assert (config.run_dir / "model.gguf").stat().st_mtime_ns != before
+
+
+@pytest.mark.slow
+def test_interrupted_finetune_resumes_to_the_same_weights(finished_run, tmp_path: Path) -> None:
+    config, _ = finished_run
+    run_dir = tmp_path / "interrupted"
+    shutil.copytree(config.run_dir, run_dir, ignore=shutil.ignore_patterns("healed*", "finetune.json", "*.gguf", "Modelfile", "eval_*", "report.md", "bench.json", "register.json"))
+    interrupted = _config(run_dir, register=False)
+
+    def stop_after_checkpoint(message: str) -> None:
+        if message.startswith("finetune: step 3/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prune(interrupted, progress=stop_after_checkpoint)
+    assert not (run_dir / "healed" / "config.json").exists()
+    resumed = prune(interrupted)
+    assert resumed.skipped[:4] == ["resolve", "score", "select", "build"]
+    want = load_file(str(config.run_dir / "healed" / "model.safetensors"))
+    got = load_file(str(run_dir / "healed" / "model.safetensors"))
+    assert want.keys() == got.keys()
+    for key in want:
+        assert (want[key] == got[key]).all(), key
+
+
+def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, expected in [
+        (["prune", "smollm2:135m", "--keep", "0"], "--keep must be at least 1"),
+        (["prune", "smollm2:135m", "--keep", "10", "--strategy", "greedy"], "--strategy 'greedy' is not known"),
+        (["prune", "smollm2:135m", "--keep", "10", "--name", "bad name!"], "not a valid Ollama model name"),
+        (["prune", "smollm2:135m"], "prune needs MODEL and --keep"),
+    ]:
+        result = runner.invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
+        assert result.exit_code != 0, args
+        assert expected in result.output, result.output
+        assert not (tmp_path / "run").exists(), "nothing may be written before the options are checked"
+
+
+def test_config_file_supplies_options(tmp_path: Path) -> None:
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text("model: smollm2:135m\nkeep: 0\n")
+    result = CliRunner().invoke(main, ["prune", "--config", str(cfg)])
+    assert result.exit_code == 2 and "--keep must be at least 1" in result.output
+
+
+def test_default_names_and_command_line(tmp_path: Path) -> None:
+    assert PruneConfig(model="qwen", keep=4).slim_name == "qwen-slim"
+    assert PruneConfig(model="smollm2:135m", keep=4).slim_name == "smollm2-slim"
+    line = command_line(PruneConfig(model="qwen2.5:0.5b", keep=10, steps=300, register=False))
+    assert line == "ollama-slim prune qwen2.5:0.5b --keep 10 --steps 300 --no-register"
