@@ -12,7 +12,15 @@ layers for (a) the first ``keep`` layers, (b) ShortGPT's block influence alone (
 (e) ``backward``. Searches run on ``--search-users`` validation users; the table is
 measured on ``--table-users`` (a separate seeded draw of the validation split).
 Results are written after each part (``--out``/bench_select.json), so a long run that is
-stopped keeps what it finished.
+stopped keeps what it finished. On a small machine, run the parts apart and merge them:
+
+    python tools/bench_select.py --parts score --out runs/b-score
+    python tools/bench_select.py --parts backward --out runs/b-backward
+    python tools/bench_select.py --parts ranked,table --scores-from runs/b-score/bench_select.json \
+        --searches-from runs/b-backward/bench_select.json --out runs/b-all
+
+``(c)``/``(d)``: ``ranked`` with ``--keep k`` ends with the top ``k`` layers of its order, so
+those rows evaluate that set; the ``ranked`` part times the strategy itself.
 """
 
 from __future__ import annotations
@@ -78,13 +86,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| score: {k} ({sp['scoring']['calib_users']} calibration users) | {v:.1f} |")
     if "scoring" in sp:
         lines.append(f"| score: all methods but Shapley | {sp['scoring']['all_but_shapley_seconds']:.1f} |")
-    if "ranked_seconds" in sp:
-        lines.append(f"| select: ranked to {report['keep']} layers ({report['search_users']} validation users) | {sp['ranked_seconds']:.1f} |")
-    if "backward_seconds" in sp:
-        lines.append(f"| select: backward to {report['keep']} layers ({report['search_users']} validation users) | {sp['backward_seconds']:.1f} |")
-    if "backward_cache" in sp:
-        c = sp["backward_cache"]["search"]
-        lines += ["", f"backward layer forwards: {c['layer_forwards']} with prefix caching vs {c['naive_layer_forwards']} naive "
+    for name, found in report.get("searches", {}).items():
+        lines.append(f"| select: {name} to {report['keep']} layers ({report['search_users']} validation users) | {found['seconds']:.1f} |")
+    for name, found in report.get("searches", {}).items():
+        c = found["cache"]["search"] if name != "ranked" else found["cache"]["quality"]
+        lines += ["", f"{name}: {c['layer_forwards']} layer forwards with prefix caching vs {c['naive_layer_forwards']} naive "
                   f"({c['naive_layer_forwards'] / max(c['layer_forwards'], 1):.1f}x fewer, {c['evaluations']} subsets evaluated)"]
     rows = report.get("quality", {})
     if rows:
@@ -103,6 +109,42 @@ def _save(report: dict, out: Path) -> None:
     paths.write_text(out / "bench_select.md", markdown(report))
 
 
+def run_searches(report: dict, names: list[str], make_ctx, out: Path) -> None:
+    """Each strategy on fresh caches: kept layers, steps, seconds and layer-forward counters."""
+    order = report["speed"].get("scoring", {}).get("order")
+    for name in names:
+        if name == "ranked" and order is None:
+            raise click.UsageError("ranked needs scores: include the score part or pass --scores-from")
+        steps, seconds, cache = timed_strategy(name, make_ctx, order)
+        report["searches"][name] = {"kept": steps[-1].layers, "seconds": round(seconds, 1), "cache": cache,
+                                    "steps": [{"layers": s.layers, "val_loss": s.val_loss, "ndcg10": s.ndcg10} for s in steps]}
+        _save(report, out)
+
+
+def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) -> None:
+    """Quality rows (a)-(e) on the table probe, then the best on validation loss."""
+    wanted = {"full model (all layers)": list(range(num_layers)), f"(a) first {keep} layers": list(range(keep))}
+    scoring = report["speed"].get("scoring")
+    if scoring:
+        wanted["(b) block influence alone (ShortGPT, top k)"] = sorted(_order(scoring["scores"]["block-influence"])[:keep])
+        for name, scores in scoring["scores"].items():  # ranked with --keep k ends with the top k of the order
+            wanted[f"(c) {name} alone, ranked"] = sorted(_order(scores)[:keep])
+        wanted["(d) fused ranking, ranked"] = sorted(scoring["order"][:keep])
+    for name, found in report["searches"].items():
+        if name != "ranked":
+            wanted[f"(e) {name}" if name == "backward" else name] = found["kept"]
+    rows = report["quality"]
+    for name, layers in wanted.items():
+        if name not in rows or rows[name]["layers"] != layers:  # rows of --quality-from are reused
+            rows[name] = quality(table, layers)
+            _save(report, out)
+    candidates = {k: v for k, v in rows.items() if not k.startswith("full")}
+    by_loss = sorted(candidates, key=lambda k: candidates[k]["val_loss"])
+    report["best"], report["runner_up"] = by_loss[0], by_loss[1]
+    report["best_margin"] = candidates[by_loss[1]]["val_loss"] - candidates[by_loss[0]]["val_loss"]
+    _save(report, out)
+
+
 @click.command()
 @click.option("--model", default="smollm2:135m", show_default=True)
 @click.option("--data", default=str(DEFAULT_DATA), show_default=True)
@@ -111,43 +153,35 @@ def _save(report: dict, out: Path) -> None:
 @click.option("--search-users", default=64, show_default=True, help="Validation users the searches evaluate on.")
 @click.option("--table-users", default=200, show_default=True, help="Validation users of the quality table.")
 @click.option("--keep", default=10, show_default=True)
-@click.option("--strategies", default="ranked,backward", show_default=True, help="Search strategies to run (forward is slow: N^2 subsets).")
+@click.option("--parts", default="score,ranked,backward,table", show_default=True, help="Parts to run: score, ranked, backward, forward, table.")
+@click.option("--scores-from", type=click.Path(exists=True, path_type=Path), help="Reuse the scoring part of an earlier bench_select.json.")
+@click.option("--searches-from", type=click.Path(exists=True, path_type=Path), multiple=True, help="Reuse the searches of an earlier bench_select.json.")
+@click.option("--quality-from", type=click.Path(exists=True, path_type=Path), help="Reuse the table rows of an earlier bench_select.json (same --table-users).")
 @click.option("--out", default="runs/bench-select", show_default=True, type=click.Path(path_type=Path))
-def main(model: str, data: str, calib_users: int, shapley_permutations: int, search_users: int, table_users: int, keep: int, strategies: str, out: Path) -> None:
+def main(model: str, data: str, calib_users: int, shapley_permutations: int, search_users: int, table_users: int, keep: int, parts: str,
+         scores_from: Path | None, searches_from: tuple[Path, ...], quality_from: Path | None, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"model": model, "data": data, "keep": keep, "search_users": search_users, "table_users": table_users, "speed": {}, "quality": {}}
-    methods = tuple(m for m in METHODS if m != "shapley") + (("shapley",) if shapley_permutations > 0 else ())
-    scoring = run_scoring(model, data, calib_users, shapley_permutations, methods, out / "run")
-    report["speed"]["scoring"] = scoring
-    _save(report, out)
+    wanted = [p for p in parts.split(",") if p]
+    report: dict = {"model": model, "data": data, "keep": keep, "search_users": search_users, "table_users": table_users, "speed": {}, "searches": {}, "quality": {}}
+    for earlier in searches_from:
+        report["searches"].update(paths.read_json(earlier)["searches"])
+    if quality_from:
+        report["quality"].update(paths.read_json(quality_from)["quality"])
+    if scores_from:
+        report["speed"]["scoring"] = paths.read_json(scores_from)["speed"]["scoring"]
+    elif "score" in wanted:
+        methods = tuple(m for m in METHODS if m != "shapley") + (("shapley",) if shapley_permutations > 0 else ())
+        report["speed"]["scoring"] = run_scoring(model, data, calib_users, shapley_permutations, methods, out / "run")
+        _save(report, out)
     net, tokenizer, num_layers = open_model(model, hf=None, dtype="float32", device_map=None)
     report["num_layers"] = num_layers
     search = SelectConfig(source=model, keep=keep, val_users=search_users)
     make_ctx = lambda order: _search_context(search, net, tokenizer, data, num_layers, order, _say)  # noqa: E731
-    table = _search_context(replace(search, val_users=table_users), net, tokenizer, data, num_layers, None, None)
-    report["chance"] = table.chance
-    report["quality"]["full model (all layers)"] = quality(table, list(range(num_layers)))
-    report["quality"][f"(a) first {keep} layers"] = quality(table, list(range(keep)))
-    report["quality"]["(b) block influence alone (top k)"] = quality(table, sorted(_order(scoring["scores"]["block-influence"])[:keep]))
-    _save(report, out)
-    wanted = [s for s in strategies.split(",") if s]
-    if "ranked" in wanted:
-        steps, seconds, cache = timed_strategy("ranked", make_ctx, scoring["order"])
-        report["speed"]["ranked_seconds"], report["speed"]["ranked_cache"] = round(seconds, 1), cache
-        report["quality"]["(d) fused ranking, ranked"] = quality(table, steps[-1].layers)
-        for name, scores in scoring["scores"].items():
-            report["quality"][f"(c) {name} alone, ranked"] = quality(table, sorted(_order(scores)[:keep]))
-        _save(report, out)
-    for name in [s for s in wanted if s != "ranked"]:
-        steps, seconds, cache = timed_strategy(name, make_ctx, scoring["order"])
-        report["speed"][f"{name}_seconds"], report["speed"][f"{name}_cache"] = round(seconds, 1), cache
-        report["quality"][f"(e) {name}" if name == "backward" else name] = quality(table, steps[-1].layers)
-        _save(report, out)
-    candidates = {k: v for k, v in report["quality"].items() if not k.startswith("full")}
-    ranked_rows = sorted(candidates, key=lambda k: candidates[k]["val_loss"])
-    report["best"], report["runner_up"] = ranked_rows[0], ranked_rows[1]
-    report["best_margin"] = candidates[ranked_rows[1]]["val_loss"] - candidates[ranked_rows[0]]["val_loss"]
-    _save(report, out)
+    run_searches(report, [p for p in wanted if p in STRATEGIES], make_ctx, out)
+    if "table" in wanted:
+        table = _search_context(replace(search, val_users=table_users), net, tokenizer, data, num_layers, None, None)
+        report["chance"] = table.chance
+        fill_table(report, table, keep=keep, num_layers=num_layers, out=out)
     print(markdown(report))
 
 
