@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ollama_slim import paths  # noqa: E402
-from ollama_slim.importance import METHODS, ScoreConfig, open_model, score_layers  # noqa: E402
+from ollama_slim.importance import METHODS, ScoreConfig, mean_rank, open_model, score_layers  # noqa: E402
 from ollama_slim.metrics import bootstrap_interval, per_user_metrics  # noqa: E402
 from ollama_slim.selection import STRATEGIES, SelectConfig, _search_context  # noqa: E402
 
@@ -130,6 +130,9 @@ def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) ->
         for name, scores in scoring["scores"].items():  # ranked with --keep k ends with the top k of the order
             wanted[f"(c) {name} alone, ranked"] = sorted(_order(scores)[:keep])
         wanted["(d) fused ranking, ranked"] = sorted(scoring["order"][:keep])
+        if "shapley" in scoring["scores"]:
+            fused = mean_rank({k: v for k, v in scoring["scores"].items() if k != "shapley"})
+            wanted["(d) fused ranking without shapley, ranked"] = sorted(_order(fused)[:keep])
     for name, found in report["searches"].items():
         if name != "ranked":
             wanted[f"(e) {name}" if name == "backward" else name] = found["kept"]
