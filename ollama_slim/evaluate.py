@@ -31,7 +31,8 @@ Progress = Callable[[int, int], None]
 class EvalConfig:
     """What to evaluate on. ``users``: how many (seeded draw; ``None`` = all); ``negatives``
     per target; ``history`` titles in the prompt; candidate titles cut to ``title_tokens``;
-    ``batch`` candidates per forward pass; ``resamples`` for the bootstrap intervals."""
+    ``batch`` candidates per forward pass; ``resamples`` for the bootstrap intervals;
+    ``threads``: CPU threads of the scorer (``None``: the backend's default)."""
 
     data: str
     split: str = "test"
@@ -46,6 +47,7 @@ class EvalConfig:
     backend: str = "auto"
     dtype: str = "float32"
     resamples: int = 1000
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +58,7 @@ class EvalConfig:
             (self.history > 0, f"--history must be positive, got {self.history}", "10 is the design default"),
             (self.title_tokens > 0 and self.title_words > 0, "title lengths must be positive", "use --title-tokens 16"),
             (self.batch > 0 and self.resamples > 0, "batch and resamples must be positive", "keep the defaults"),
+            (self.threads is None or self.threads > 0, f"--threads must be positive, got {self.threads}", "omit it to use every core"),
         ]
         for ok, message, hint in checks:
             if not ok:
@@ -65,7 +68,7 @@ class EvalConfig:
         return PromptConfig(history=self.history, title_words=self.title_words, title_tokens=self.title_tokens)
 
     def scorer_options(self) -> ScorerOptions:
-        return ScorerOptions(batch=self.batch, dtype=self.dtype)
+        return ScorerOptions(batch=self.batch, dtype=self.dtype, threads=self.threads)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from .errors import SelectionError, SourceError, UsageError
 
 @dataclass(frozen=True)
 class ScorerOptions:
-    """``batch``: candidates per forward pass; ``dtype`` (transformers); ``context`` and
-    ``threads`` (llama.cpp; ``None`` = all cores)."""
+    """``batch``: candidates per forward pass; ``dtype`` (transformers); ``context``
+    (llama.cpp); ``threads``: CPU threads (``None``: torch's default, all cores for llama.cpp)."""
 
     batch: int = 32
     dtype: str = "float32"
@@ -151,6 +151,10 @@ def transformers_scorer(model_ref: str, *, options: ScorerOptions = ScorerOption
     from .modeling import LoadOptions, load
     from .sources import resolve
 
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     resolved = resolve(str(model_ref))
     model, tokenizer = load(resolved.model_dir, LoadOptions(dtype=options.dtype))
     return TransformersScorer(model=model, tokenizer=tokenizer, batch=options.batch)
@@ -165,7 +169,7 @@ class LlamaCppTokenizer:
     def __init__(self, llm: Any) -> None:
         self._llm = llm
         bos, eos = llm.token_bos(), llm.token_eos()
-        self.bos_token_id = bos if bos >= 0 and _adds_bos(llm) else None
+        self.bos_token_id = bos if bos >= 0 else None  # as encode_prompt does with HF tokenizers
         self.eos_token_id = eos if eos >= 0 else None
         self.pad_token_id = self.eos_token_id
 
@@ -176,12 +180,6 @@ class LlamaCppTokenizer:
         if isinstance(text, str):
             return {"input_ids": self._ids(text)}
         return {"input_ids": [self._ids(t) for t in text]}
-
-
-def _adds_bos(llm: Any) -> bool:
-    """Whether the GGUF asks for a BOS token (``tokenizer.ggml.add_bos_token``)."""
-    value = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower()
-    return value in {"true", "1"}
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

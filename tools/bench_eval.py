@@ -95,8 +95,11 @@ def print_table(result: dict) -> None:
 @click.option("--data", default=str(DEFAULT_DATA), show_default=True)
 @click.option("--users", default=6, show_default=True)
 @click.option("--repeats", default=2, show_default=True, help="Timed runs per user and path (the best counts).")
-def main(model: str, data: str, users: int, repeats: int) -> None:
+@click.option("--threads", type=int, help="torch CPU threads (default: torch's; 1 is faster on an oversubscribed machine).")
+def main(model: str, data: str, users: int, repeats: int, threads: int | None) -> None:
     torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
     resolved = resolve(model)
     net, tokenizer = load(resolved.model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -33,10 +33,11 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the users, negatives and bootstrap.")
 @click.option("--backend", type=click.Choice(["auto", *SCORERS]), default="auto", show_default=True, help="auto: llama-cpp for a .gguf file, transformers otherwise.")
 @click.option("--batch", type=int, default=32, show_default=True, help="Candidates per forward pass.")
+@click.option("--threads", type=int, help="CPU threads (default: all cores; 1 can be faster on a busy machine).")
 @click.option("--layers", callback=_layers, metavar="I,J,...", help="Run only these decoder layers (transformers backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only, on stdout.")
 @click.option("--per-user", is_flag=True, help="With --json: include each user's rank and metrics.")
-def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, seed: int, backend: str, batch: int, layers: list[int] | None, as_json: bool, per_user: bool) -> None:
+def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, seed: int, backend: str, batch: int, threads: int | None, layers: list[int] | None, as_json: bool, per_user: bool) -> None:
     """Rank each user's next item among 1 + N candidates with MODEL (an Ollama tag, a
     Hugging Face directory or a .gguf file) and print NDCG@10, MRR and HR@1/5/10 with
     95% bootstrap intervals, beside the random and popularity baselines on the same
@@ -46,7 +47,7 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
 
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,
-        title_tokens=title_tokens, seed=seed, backend=backend, batch=batch,
+        title_tokens=title_tokens, seed=seed, backend=backend, batch=batch, threads=threads,
     )
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=as_json) as bar:
