@@ -9,7 +9,7 @@ its transformers twin are scored on identical inputs.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -230,12 +230,7 @@ class LlamaCppScorer:
     def using_layers(self, layers: list[int] | None) -> Any:
         if layers is not None:
             raise UsageError("a layer subset needs the transformers backend", hint="evaluate the HF directory of the model, or build the compact model first")
-        return _null_context()
-
-
-@contextmanager
-def _null_context() -> Iterator[None]:
-    yield None
+        return nullcontext()
 
 
 @register_scorer("llama-cpp")

@@ -197,6 +197,25 @@ def test_cli_eval_broken_gguf_is_one_line(tmp_path: Path, amazon_dir: Path) -> N
     assert result.exit_code == 1 and "does not exist" in result.output
 
 
+def test_llama_cpp_scorer_equals_transformers_on_an_f32_gguf(tiny_llama: Path, tiny_scorer: TransformersScorer, tmp_path: Path) -> None:
+    """Same token ids, same weights (f32 export): llama.cpp reusing the prompt's KV cache
+    across candidates gives the transformers scores, and evaluate() the same ranks."""
+    export = pytest.importorskip("ollama_slim.export")
+    from ollama_slim.scorers import LlamaCppScorer
+
+    gguf = tmp_path / "tiny-f32.gguf"
+    export.export_gguf(export.ExportConfig(model_dir=tiny_llama, outtype="f32", out=gguf, check=False))
+    ds = _toy_dataset()
+    config = EvalConfig(data="toy", users=4, negatives=9, history=5)
+    cpp = LlamaCppScorer(gguf)
+    for case in prepare_cases(ds, config):
+        prompt, cands = encode_case(tiny_scorer.tokenizer, ds, case, config.prompt_config())
+        assert encode_case(cpp.tokenizer, ds, case, config.prompt_config()) == (prompt, cands)
+        np.testing.assert_allclose(cpp.score(prompt, cands), tiny_scorer.score(prompt, cands), atol=2e-3)
+    ours, theirs = evaluate(tiny_scorer, config, dataset=ds), evaluate(cpp, config, dataset=ds)
+    np.testing.assert_array_equal(ours.per_user["rank"], theirs.per_user["rank"])
+
+
 def test_llama_cpp_backend_refuses_layer_subsets(tmp_path: Path) -> None:
     from ollama_slim.scorers import LlamaCppScorer
 
