@@ -40,7 +40,7 @@ class PruneConfig:
     lora_rank: int = 16
     lr: float = 2e-4
     checkpoint_every: int = 25
-    outtype: str = "q4_k_m"
+    outtype: str = "q8_0"
     register: bool = True
     run_dir: Path | None = None
     from_stage: str | None = None

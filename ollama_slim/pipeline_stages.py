@@ -130,7 +130,9 @@ class _Plan:
             from .modelfile import chat_for, write_modelfile_for
 
             export_gguf(ExportConfig(model_dir=self.layout.healed_dir, outtype=c.outtype, out=self.layout.gguf, force=True))
-            export_gguf(ExportConfig(model_dir=Path(self.model_dir()), outtype=c.outtype, out=self.original_gguf, force=True, check=False))
+            source_gguf = self.resolved().get("gguf_path")  # the original's own tokenizer, when it came as a GGUF
+            export_gguf(ExportConfig(model_dir=Path(self.model_dir()), outtype=c.outtype, out=self.original_gguf, force=True, check=False,
+                                     tokenizer_gguf=Path(source_gguf) if source_gguf else None))
             write_modelfile_for(self.layout.gguf, chat=chat_for(gguf=self.layout.gguf, original=self.resolved().get("tag")), out=self.layout.modelfile)
 
         return {"outtype": c.outtype}, [self.layout.gguf, self.layout.modelfile, self.original_gguf], work
