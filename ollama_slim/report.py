@@ -83,7 +83,7 @@ def _speed_lines(bench: dict[str, Any] | None) -> list[str]:
         return ["No speed benchmark in this run."]
     ratios = bench.get("ratios", {})
     ceilings = bench.get("ceilings", {})
-    lines = [f"Backend: `{bench.get('backend', '?')}`, medians of {bench.get('repeats', '?')} repeats after a warm-up, original and slim in the same run.", ""]
+    lines = [f"Backend: `{bench.get('backend', '?')}`, medians of {bench.get('config', {}).get('repeats', '?')} repeats after a warm-up, original and slim in the same run.", ""]
     lines += ["| measure | ratio slim / original | ceiling from parameter counts |", "|---|---|---|"]
     for key, value in ratios.items():
         ceiling = ceilings.get(key)
@@ -170,9 +170,13 @@ def _describe_finetune(info: dict[str, Any]) -> str:
     return ", ".join(parts) or "done"
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
 def _files_and_timings(inputs: ReportInputs) -> list[str]:
     lines = ["## Files", "", "| file | size |", "|---|---|"]
-    lines += [f"| `{name}` | {size / 2**20:.1f} MiB |" for name, size in inputs.files.items()]
+    lines += [f"| `{name}` | {_size(size)} |" for name, size in inputs.files.items()]
     if inputs.registered:
         lines += ["", f"Registered in Ollama as `{inputs.registered}`: `ollama run {inputs.registered}`."]
     total = sum(inputs.timings.values()) or 1.0

@@ -123,3 +123,16 @@ def test_default_names_and_command_line(tmp_path: Path) -> None:
     assert PruneConfig(model="smollm2:135m", keep=4).slim_name == "smollm2-slim"
     line = command_line(PruneConfig(model="qwen2.5:0.5b", keep=10, steps=300, register=False))
     assert line == "ollama-slim prune qwen2.5:0.5b --keep 10 --steps 300 --no-register"
+
+
+def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> None:
+    import shlex
+
+    from ollama_slim.cli.prune import command
+
+    config = PruneConfig(model="smollm2:135m", keep=8, steps=3, checkpoint_every=1, bench_repeats=2, seed=4, title_words=7, bridge="none",
+                         methods=("angular",), register=False, reference=True, run_dir=tmp_path / "r", cross_domain="movielens-100k")
+    params = command.make_context("prune", shlex.split(command_line(config))[2:]).params
+    params["methods"] = tuple(params["methods"].split(","))
+    params["run_dir"] = Path(params["run_dir"])
+    assert PruneConfig(**params) == config
