@@ -14,6 +14,7 @@ from ollama_slim.pipeline import PruneConfig, command_line, prune
 
 pytest_plugins: list[str] = []
 
+SECRET = "hf_" + "t0ken" * 7
 ARTIFACTS = ("model.gguf", "Modelfile", "report.md", "scores.png", "selection.png", "speed_quality.png", "bench.json", "eval_original.json", "eval_slim.json")
 
 
@@ -38,9 +39,15 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, server, smollm2):
     """One shortened prune, end to end, registered in the stand-in Ollama server."""
+    import os
+
     run_dir = tmp_path_factory.mktemp("prune") / "run"
     config = _config(run_dir, host=server.url, name="smollm2-slim")
-    return config, prune(config)
+    os.environ["HF_TOKEN"] = SECRET  # must never reach a file of the run
+    try:
+        return config, prune(config)
+    finally:
+        os.environ.pop("HF_TOKEN", None)
 
 
 @pytest.mark.slow
@@ -55,6 +62,9 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     assert "| random |" in report and "| popularity" in report
     assert command_line(config) in report
     assert "generation tokens/s" in report
+    for path in config.run_dir.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ""}:
+            assert SECRET not in path.read_text(errors="ignore"), path
 
 
 @pytest.mark.slow
