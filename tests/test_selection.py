@@ -124,9 +124,11 @@ def test_cli_select_writes_files_and_table(tiny_llama: Path, toy_data: Path, tmp
 
 
 def test_cli_select_ranked_scores_first_when_needed(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["select", str(tiny_llama), "--keep", "3", "--data", str(toy_data), "--val-users", "4", "--run-dir", str(tmp_path)])
+    result = CliRunner().invoke(main, ["select", str(tiny_llama), "--keep", "3", "--strategy", "ranked", "--data", str(toy_data), "--val-users", "4",
+                                       "--run-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "scores.json").is_file() and json.loads((tmp_path / "selection.json").read_text())["scores"]["order"]
+    assert json.loads((tmp_path / "scores.json").read_text())["methods"].keys() == {"ablation"}  # RANKED_METHODS
+    assert json.loads((tmp_path / "selection.json").read_text())["scores"]["order"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -151,7 +153,7 @@ def test_done_when_score_then_select_on_smollm2(smollm2, amazon_dir: Path, tmp_p
     scores = json.loads((run / "scores.json").read_text())
     assert scores["num_layers"] == 30 and set(scores["methods"]) == {"block-influence", "angular", "ablation"}
     assert scores["order"][0] == 0  # the first layer of SmolLM2 is by far the most important one
-    selected = runner.invoke(main, ["select", str(run), "--keep", "10", "--val-users", "8"])
+    selected = runner.invoke(main, ["select", str(run), "--keep", "10", "--strategy", "ranked", "--val-users", "8"])
     assert selected.exit_code == 0, selected.output
     data = json.loads((run / "selection.json").read_text())
     assert data["model"] == "smollm2:135m" and data["num_layers"] == 30 and len(data["kept"]) == 10

@@ -87,7 +87,8 @@ def markdown(report: dict) -> str:
     if "scoring" in sp:
         lines.append(f"| score: all methods but Shapley | {sp['scoring']['all_but_shapley_seconds']:.1f} |")
     for name, found in report.get("searches", {}).items():
-        lines.append(f"| select: {name} to {report['keep']} layers ({report['search_users']} validation users) | {found['seconds']:.1f} |")
+        users = found.get("users", report["search_users"])
+        lines.append(f"| select: {name} to {report['keep']} layers ({users} validation users) | {found['seconds']:.1f} |")
     for name, found in report.get("searches", {}).items():
         c = found["cache"]["search"] if name != "ranked" else found["cache"]["quality"]
         lines += ["", f"{name}: {c['layer_forwards']} layer forwards with prefix caching vs {c['naive_layer_forwards']} naive "
@@ -116,7 +117,7 @@ def run_searches(report: dict, names: list[str], make_ctx, out: Path) -> None:
         if name == "ranked" and order is None:
             raise click.UsageError("ranked needs scores: include the score part or pass --scores-from")
         steps, seconds, cache = timed_strategy(name, make_ctx, order)
-        report["searches"][name] = {"kept": steps[-1].layers, "seconds": round(seconds, 1), "cache": cache,
+        report["searches"][name] = {"kept": steps[-1].layers, "seconds": round(seconds, 1), "cache": cache, "users": report["search_users"],
                                     "steps": [{"layers": s.layers, "val_loss": s.val_loss, "ndcg10": s.ndcg10} for s in steps]}
         _save(report, out)
 
