@@ -42,7 +42,10 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, server, smollm2):
     import os
 
     run_dir = tmp_path_factory.mktemp("prune") / "run"
-    config = _config(run_dir, host=server.url, name="smollm2-slim")
+    from conftest import AMAZON
+
+    cross = str(AMAZON) if (AMAZON / "interactions.tsv").is_file() else "movielens-100k"
+    config = _config(run_dir, host=server.url, name="smollm2-slim", reference=True, cross_domain=cross)
     os.environ["HF_TOKEN"] = SECRET  # must never reach a file of the run
     try:
         return config, prune(config)
@@ -58,10 +61,11 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     assert result.registered == "smollm2-slim"
     assert server.store.find("smollm2-slim") is not None
     report = (config.run_dir / "report.md").read_text()
-    assert "not\n\"quality retained\"" in report or "untuned" in report  # says what the figures compare
     assert "| random |" in report and "| popularity" in report
     assert command_line(config) in report
     assert "generation tokens/s" in report
+    assert "Quality retained on lift" in report and "reference: full model fine-tuned, same budget" in report
+    assert "## Cross-domain check" in report and (config.run_dir / "eval_cross_slim.json").is_file()
     for path in config.run_dir.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".md", ""}:
             assert SECRET not in path.read_text(errors="ignore"), path
