@@ -31,6 +31,7 @@ import torch
 
 from .errors import UsageError
 from .families import Family, family_of, get_module
+from .scoring import pad_right
 
 DEFAULT_RIDGE = 1e-2
 CALIBRATION_BATCH = 8
@@ -176,12 +177,7 @@ def _batches(calibration: Calibration, *, pad: int = 0) -> Iterator[tuple[torch.
     """``(ids [B, L], attention [B, L], rows [B, L] bool)``: rows = real tokens but position 0."""
     for start in range(0, len(calibration), CALIBRATION_BATCH):
         chunk = calibration[start : start + CALIBRATION_BATCH]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, seq in enumerate(chunk):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention[row, : len(seq)] = 1
+        ids, attention = pad_right(chunk, pad)
         rows = attention.bool().clone()
         rows[:, 0] = False
         yield ids, attention, rows

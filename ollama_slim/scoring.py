@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``seqs`` -> ``(ids [B, L], mask [B, L])``."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -39,7 +39,7 @@ def score_shared_prefix(model: Any, prompt: list[int], candidates: list[list[int
     cache = out.cache
     n, p = len(candidates), len(prompt)
     cache.batch_repeat_interleave(n)
-    ids, mask = _pad(candidates, pad_id)
+    ids, mask = pad_right(candidates, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     attention = torch.cat([torch.ones((n, p), dtype=torch.long, device=device), mask], dim=1)
     positions = torch.arange(p, p + ids.shape[1], device=device).unsqueeze(0).expand(n, -1)
@@ -52,10 +52,10 @@ def score_shared_prefix(model: Any, prompt: list[int], candidates: list[list[int
 def score_naive(model: Any, prompt: list[int], candidates: list[list[int]], *, pad_id: int = 0) -> torch.Tensor:
     """Every candidate with its full prompt (the reference path) -> [C]."""
     device = model.get_input_embeddings().weight.device
-    ids, mask = _pad([prompt + c for c in candidates], pad_id)
+    ids, mask = pad_right([prompt + c for c in candidates], pad_id)
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     p = len(prompt)
-    cand_ids, cand_mask = _pad(candidates, pad_id)
+    cand_ids, cand_mask = pad_right(candidates, pad_id)
     width = cand_ids.shape[1]
     pred = logits[:, p - 1 : p - 1 + width, :]
     if pred.shape[1] < width:  # the longest candidate defines the padded width
@@ -71,7 +71,7 @@ def title_nll(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id: i
     """
     device = model.get_input_embeddings().weight.device
     seqs = [p + t for p, t in batch]
-    ids, mask = _pad(seqs, pad_id)
+    ids, mask = pad_right(seqs, pad_id)
     labels = torch.full_like(ids, -100)
     for row, (p, t) in enumerate(batch):
         labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
