@@ -67,16 +67,15 @@ def title_nll(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id: i
     """Teacher-forced NLL of each target title given its prompt (grad-enabled) -> [B].
 
     ``batch`` holds ``(prompt_ids, target_ids)`` pairs; the loss is the mean over the
-    target tokens only: the next-item title loss of design §3.
+    target tokens only: the next-item title loss of design §3. The head runs only at
+    the positions that predict a target token (a title is a few of a row's tokens).
     """
     device = model.get_input_embeddings().weight.device
-    seqs = [p + t for p, t in batch]
-    ids, mask = pad_right(seqs, pad_id)
-    labels = torch.full_like(ids, -100)
-    for row, (p, t) in enumerate(batch):
-        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1, :]
-    target = labels[:, 1:].to(device)
-    loss = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction="none")
-    valid = (target != -100).float()
-    return (loss * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+    ids, mask = pad_right([p + t for p, t in batch], pad_id)
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    rows = torch.tensor([r for r, (_, t) in enumerate(batch) for _ in t], device=hidden.device)
+    cols = torch.tensor([c for p, t in batch for c in range(len(p) - 1, len(p) + len(t) - 1)], device=hidden.device)
+    logits = model.get_output_embeddings()(hidden[rows, cols])
+    targets = torch.tensor([tok for _, t in batch for tok in t], device=logits.device)
+    nll = F.cross_entropy(logits.float(), targets, reduction="none")
+    return torch.stack([chunk.mean() for chunk in torch.split(nll, [len(t) for _, t in batch])])

@@ -51,12 +51,13 @@ def _order(scores: list[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
-def run_scoring(model: str, data: str, calib_users: int, permutations: int, methods: tuple[str, ...], run: Path) -> dict:
+def run_scoring(model: str, data: str, calib_users: int, permutations: int, methods: tuple[str, ...], run: Path, dtype: str) -> dict:
     """Every method once on the calibration users; seconds per method and cache counters."""
     start = time.perf_counter()
-    result = score_layers(ScoreConfig(model=model, data=data, methods=methods, calib_users=calib_users, shapley_permutations=permutations, run_dir=run), progress=_say)
+    result = score_layers(ScoreConfig(model=model, data=data, methods=methods, calib_users=calib_users, shapley_permutations=permutations, run_dir=run, dtype=dtype),
+                          progress=_say)
     total = time.perf_counter() - start
-    return {"calib_users": calib_users, "shapley_permutations": permutations, "seconds": result.seconds, "total_seconds": round(total, 1),
+    return {"calib_users": calib_users, "shapley_permutations": permutations, "dtype": dtype, "seconds": result.seconds, "total_seconds": round(total, 1),
             "all_but_shapley_seconds": round(sum(v for k, v in result.seconds.items() if k != "shapley"), 1), "cache": result.cache,
             "scores": {k: v.scores for k, v in result.methods.items()}, "stderr": {k: v.stderr for k, v in result.methods.items()},
             "fused": result.fused, "order": result.order}
@@ -81,7 +82,7 @@ def timed_strategy(name: str, make_ctx, order: list[int] | None) -> tuple[list, 
 def markdown(report: dict) -> str:
     """The speed and quality tables."""
     sp = report.get("speed", {})
-    lines = ["## Speed", "", "| what | seconds |", "| --- | ---: |"]
+    lines = [f"## Speed ({report.get('dtype', 'float32')})", "", "| what | seconds |", "| --- | ---: |"]
     for k, v in sp.get("scoring", {}).get("seconds", {}).items():
         lines.append(f"| score: {k} ({sp['scoring']['calib_users']} calibration users) | {v:.1f} |")
     if "scoring" in sp:
@@ -95,13 +96,15 @@ def markdown(report: dict) -> str:
                   f"({c['naive_layer_forwards'] / max(c['layer_forwards'], 1):.1f}x fewer, {c['evaluations']} subsets evaluated)"]
     rows = report.get("quality", {})
     if rows:
-        lines += ["", f"## Quality: keep {report['keep']} of {report['num_layers']}, {report['table_users']} validation users, no fine-tuning", "",
+        lines += ["", f"## Quality: keep {report['keep']} of {report['num_layers']}, {report['table_users']} validation users, no fine-tuning, {report.get('table_dtype', 'float32')}", "",
                   "| selection | val title loss | NDCG@10 [95% CI] | layers |", "| --- | ---: | ---: | --- |"]
         for name, q in rows.items():
             lines.append(f"| {name} | {q['val_loss']:.4f} | {q['ndcg10']:.4f} [{q['ndcg10_low']:.3f}, {q['ndcg10_high']:.3f}] | {','.join(map(str, q['layers']))} |")
         lines.append(f"\nrandom NDCG@10 = {report['chance']:.3f}")
     if "best" in report:
         lines.append(f"\nbest on validation loss: **{report['best']}**, {report['best_margin']:.4f} below the runner-up ({report['runner_up']})")
+        if report.get("best_same_set"):
+            lines.append(f"(the same layers as: {', '.join(report['best_same_set'])})")
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +147,9 @@ def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) ->
             _save(report, out)
     candidates = {k: v for k, v in rows.items() if not k.startswith("full")}
     by_loss = sorted(candidates, key=lambda k: candidates[k]["val_loss"])
-    report["best"], report["runner_up"] = by_loss[0], by_loss[1]
+    others = [k for k in by_loss if candidates[k]["layers"] != candidates[by_loss[0]]["layers"]]  # the same set under another name is no rival
+    report["best"], report["runner_up"] = by_loss[0], others[0]
+    report["best_same_set"] = [k for k in by_loss[1:] if k not in others]
     report["best_margin"] = candidates[by_loss[1]]["val_loss"] - candidates[by_loss[0]]["val_loss"]
     _save(report, out)
 
@@ -161,12 +166,14 @@ def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) ->
 @click.option("--scores-from", type=click.Path(exists=True, path_type=Path), help="Reuse the scoring part of an earlier bench_select.json.")
 @click.option("--searches-from", type=click.Path(exists=True, path_type=Path), multiple=True, help="Reuse the searches of an earlier bench_select.json.")
 @click.option("--quality-from", type=click.Path(exists=True, path_type=Path), help="Reuse the table rows of an earlier bench_select.json (same --table-users).")
+@click.option("--dtype", default="bfloat16", show_default=True, help="Weights and compute of scoring and searches (bfloat16 is ~1.9x float32 on CPUs with avx512_bf16).")
+@click.option("--table-dtype", default="float32", show_default=True, help="Weights and compute of the quality table.")
 @click.option("--out", default="runs/bench-select", show_default=True, type=click.Path(path_type=Path))
 def main(model: str, data: str, calib_users: int, shapley_permutations: int, search_users: int, table_users: int, keep: int, parts: str,
-         scores_from: Path | None, searches_from: tuple[Path, ...], quality_from: Path | None, out: Path) -> None:
+         scores_from: Path | None, searches_from: tuple[Path, ...], quality_from: Path | None, dtype: str, table_dtype: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     wanted = [p for p in parts.split(",") if p]
-    report: dict = {"model": model, "data": data, "keep": keep, "search_users": search_users, "table_users": table_users, "speed": {}, "searches": {}, "quality": {}}
+    report: dict = {"model": model, "data": data, "keep": keep, "dtype": dtype, "table_dtype": table_dtype, "search_users": search_users, "table_users": table_users, "speed": {}, "searches": {}, "quality": {}}
     for earlier in searches_from:
         report["searches"].update(paths.read_json(earlier)["searches"])
     if quality_from:
@@ -175,15 +182,19 @@ def main(model: str, data: str, calib_users: int, shapley_permutations: int, sea
         report["speed"]["scoring"] = paths.read_json(scores_from)["speed"]["scoring"]
     elif "score" in wanted:
         methods = tuple(m for m in METHODS if m != "shapley") + (("shapley",) if shapley_permutations > 0 else ())
-        report["speed"]["scoring"] = run_scoring(model, data, calib_users, shapley_permutations, methods, out / "run")
+        report["speed"]["scoring"] = run_scoring(model, data, calib_users, shapley_permutations, methods, out / "run", dtype)
         _save(report, out)
-    net, tokenizer, num_layers = open_model(model, hf=None, dtype="float32", device_map=None)
-    report["num_layers"] = num_layers
-    search = SelectConfig(source=model, keep=keep, val_users=search_users)
-    make_ctx = lambda order: _search_context(search, net, tokenizer, data, num_layers, order, _say)  # noqa: E731
-    run_searches(report, [p for p in wanted if p in STRATEGIES], make_ctx, out)
+    searches = [p for p in wanted if p in STRATEGIES]
+    search = SelectConfig(source=model, keep=keep, val_users=search_users, dtype=dtype)
+    if searches:
+        net, tokenizer, report["num_layers"] = open_model(model, hf=None, dtype=dtype, device_map=None)
+        make_ctx = lambda order: _search_context(search, net, tokenizer, data, report["num_layers"], order, _say)  # noqa: E731
+        run_searches(report, searches, make_ctx, out)
+        del net
     if "table" in wanted:
-        table = _search_context(replace(search, val_users=table_users), net, tokenizer, data, num_layers, None, None)
+        net, tokenizer, num_layers = open_model(model, hf=None, dtype=table_dtype, device_map=None)
+        report["num_layers"] = num_layers
+        table = _search_context(replace(search, val_users=table_users, dtype=table_dtype), net, tokenizer, data, num_layers, None, None)
         report["chance"] = table.chance
         fill_table(report, table, keep=keep, num_layers=num_layers, out=out)
     print(markdown(report))

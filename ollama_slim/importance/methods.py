@@ -33,6 +33,7 @@ class ScoringContext:
     batch_size: int = 8
     seed: int = 0
     progress: Callable[[str], None] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)  # results several scorers share (one gradient pass)
 
     @property
     def num_layers(self) -> int:
@@ -72,21 +73,18 @@ def register(name: str, summary: str) -> Callable[[Callable[[ScoringContext], Me
     return wrap
 
 
-def _grad_sq(params: list[list[torch.nn.Parameter]]) -> list[float]:
-    """Per layer: sum over its weights of grad^2."""
-    return [sum(float((p.grad.float() ** 2).sum()) for p in ps if p.grad is not None) for ps in params]
+def _gradient_stats(ctx: ScoringContext) -> tuple[list[float], list[float]]:
+    """Per layer, from one backward pass per calibration example (computed once, shared):
 
-
-def _layer_grad_sums(ctx: ScoringContext, batches: list[list[tuple[list[int], list[int]]]], *, square_each: bool) -> list[float]:
-    """Per layer, the sum over its weights of squared gradients of the title loss.
-
-    ``square_each``: the squared gradient of each batch's summed loss, added up (the
-    empirical Fisher, with batches of one example); otherwise the squared gradient of
-    the mean loss over all batches.
+    the mean over examples of the squared gradient summed over the layer's weights (the
+    diagonal empirical Fisher), and the L2 norm of the gradient of the mean loss (the
+    per-example gradients averaged).
     """
-    params = [[p for p in layer.parameters() if p.requires_grad] for layer in decoder_layers(ctx.model)]
-    with _only_grads_for([p for ps in params for p in ps], ctx.model):
-        return _accumulate(ctx, params, batches, square_each=square_each)
+    if ctx.memo.get("gradients") is None:
+        params = [[p for p in layer.parameters() if p.requires_grad] for layer in decoder_layers(ctx.model)]
+        with _only_grads_for([p for ps in params for p in ps], ctx.model):
+            ctx.memo["gradients"] = _accumulate(ctx, params)
+    return ctx.memo["gradients"]
 
 
 @contextmanager
@@ -103,42 +101,47 @@ def _only_grads_for(wanted: list[torch.nn.Parameter], model: Any) -> Iterator[No
             p.requires_grad_(True)
 
 
-def _accumulate(ctx: ScoringContext, params: list[list[torch.nn.Parameter]], batches: list[list[tuple[list[int], list[int]]]], *, square_each: bool) -> list[float]:
-    """Backward the title loss of each batch; per layer, the summed squared gradients (see above)."""
-    acc = [0.0] * len(params)
-    total = sum(len(b) for b in batches)
+def _accumulate(ctx: ScoringContext, params: list[list[torch.nn.Parameter]]) -> tuple[list[float], list[float]]:
+    """Backward each example's title loss: per layer, mean squared gradient and norm of the mean gradient."""
+    fisher = [0.0] * len(params)
+    total = [[torch.zeros_like(p, dtype=torch.float32) for p in ps] for ps in params]
     ctx.model.zero_grad(set_to_none=True)
-    for n, batch in enumerate(batches):
-        loss = title_nll(ctx.model, batch, pad_id=ctx.pad_id).sum()
-        (loss if square_each else loss / total).backward()
-        if square_each:
-            acc = [a + g for a, g in zip(acc, _grad_sq(params))]
-            ctx.model.zero_grad(set_to_none=True)
+    for n, pair in enumerate(ctx.pairs):
+        title_nll(ctx.model, [pair], pad_id=ctx.pad_id).sum().backward()
+        for layer, (ps, sums) in enumerate(zip(params, total)):
+            for p, acc in zip(ps, sums):
+                if p.grad is not None:
+                    grad = p.grad.float()
+                    fisher[layer] += float((grad**2).sum())
+                    acc += grad
+        ctx.model.zero_grad(set_to_none=True)
         if n % 16 == 0:
-            ctx.say(f"gradients {n + 1}/{len(batches)}")
-    if not square_each:
-        acc = _grad_sq(params)
-    ctx.model.zero_grad(set_to_none=True)
-    return acc
+            ctx.say(f"gradients {n + 1}/{len(ctx.pairs)}")
+    count = len(ctx.pairs)
+    norms = [math.sqrt(sum(float((acc / count).pow(2).sum()) for acc in sums)) for sums in total]
+    return [f / count for f in fisher], norms
 
 
 @register("fisher", "diagonal empirical Fisher of the title loss, summed over each layer's weights")
 def fisher(ctx: ScoringContext) -> MethodScores:
     """F_l = mean over examples of sum over layer l's weights of (d loss_i / d w)^2."""
-    sums = _layer_grad_sums(ctx, [[pair] for pair in ctx.pairs], square_each=True)
-    return MethodScores(scores=[s / len(ctx.pairs) for s in sums])
+    return MethodScores(scores=_gradient_stats(ctx)[0])
 
 
 @register("gradnorm", "L2 norm of the title-loss gradient over each layer's weights")
 def gradnorm(ctx: ScoringContext) -> MethodScores:
-    """||d mean_loss / d W_l||_2 over all of layer l's weights."""
-    batches = [ctx.pairs[i : i + ctx.batch_size] for i in range(0, len(ctx.pairs), ctx.batch_size)]
-    sums = _layer_grad_sums(ctx, batches, square_each=False)
-    return MethodScores(scores=[math.sqrt(s) for s in sums])
+    """||d mean_loss / d W_l||_2 over all of layer l's weights (the mean of per-example gradients)."""
+    return MethodScores(scores=_gradient_stats(ctx)[1])
 
 
 def _cosines(ctx: ScoringContext) -> tuple[list[float], list[float]]:
-    """Per layer: mean (1 - cos) over real tokens, and mean angle / pi at each prompt's last token."""
+    """Per layer: mean (1 - cos) over real tokens, and mean angle / pi at each prompt's last token (computed once, shared)."""
+    if ctx.memo.get("cosines") is None:
+        ctx.memo["cosines"] = _measure_cosines(ctx)
+    return ctx.memo["cosines"]
+
+
+def _measure_cosines(ctx: ScoringContext) -> tuple[list[float], list[float]]:
     batches = ctx.evaluator.probe.batches
     order = tuple(range(ctx.num_layers))
     ctx.evaluator.cache.pin(order)
