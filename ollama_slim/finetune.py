@@ -1,7 +1,9 @@
 """The ``finetune`` stage: heal a compact model (or fine-tune the full reference), design §6.
 
 Next-item title loss on the train split (the target title given the history prompt),
-optionally distillation from a teacher (KL on the target title tokens), through LoRA
+optionally mixed with a ranking loss over the target and seeded negatives (each candidate
+scored like evaluation scores it, all packed after one prompt in one row), optionally
+distillation from a teacher (KL on the target title tokens), through LoRA
 (``peft``, merged before saving) or full fine-tuning; bridges may train too and fold at
 the end. Checkpoints are written atomically every N steps; a rerun resumes from the last
 one and ends with the same weights as an uninterrupted run with the same seed. Runs under
@@ -41,6 +43,9 @@ class FinetuneConfig:
     weight. ``distill_from`` names a teacher with the same tokenizer; ``distill_weight``
     mixes its KL into the loss. ``train_bridges`` adds identity-initialised MLP maps on
     the gaps recorded in the compact model's ``slim.json`` and folds them at the end.
+    ``rank_negatives`` > 0 draws that many never-interacted items per example and step
+    and mixes a softmax cross-entropy over the 1 + k candidates' length-normalised
+    title log-likelihoods into the loss with ``rank_weight``.
     """
 
     model: str
@@ -53,6 +58,8 @@ class FinetuneConfig:
     full: bool = False
     distill_from: str | None = None
     distill_weight: float = 0.5
+    rank_negatives: int = 0
+    rank_weight: float = 0.5
     train_bridges: bool = False
     lr: float = 2e-4
     batch_size: int = 8
@@ -68,8 +75,14 @@ class FinetuneConfig:
     force: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with the run that resumes it."""
+        """The settings a checkpoint must share with the run that resumes it.
+
+        Without ranking negatives the ranking settings change nothing and are left
+        out, so checkpoints made before they existed still resume.
+        """
         skip = {"out_dir", "checkpoint_every", "force", "mixed_precision"}
+        if self.rank_negatives == 0:
+            skip |= {"rank_negatives", "rank_weight"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -130,7 +143,8 @@ def _places(config: FinetuneConfig) -> _Places:
     return _Places(model_dir=Path(model_dir), out_dir=out, checkpoint_dir=out.with_name(out.name + ".checkpoints"))
 
 
-def _check_config(config: FinetuneConfig) -> None:
+def check_config(config: FinetuneConfig) -> None:
+    """Refuse options that cannot work (:class:`UsageError`), before anything is loaded."""
     if (config.steps is None) == (config.epochs is None):
         raise UsageError("give either --steps or --epochs (exactly one)", hint="e.g. --steps 150")
     if (config.steps is not None and config.steps <= 0) or (config.epochs is not None and config.epochs <= 0):
@@ -139,6 +153,20 @@ def _check_config(config: FinetuneConfig) -> None:
         raise UsageError("--batch-size, --checkpoint-every and --lr must be positive")
     if not config.full and config.lora_rank <= 0:
         raise UsageError(f"--lora-rank must be positive, got {config.lora_rank}", hint="or pass --full to train every weight")
+    if config.rank_negatives < 0:
+        raise UsageError(f"--rank-negatives must be 0 or more, got {config.rank_negatives}", hint="0 trains on the title loss alone")
+    if not 0.0 <= config.rank_weight <= 1.0:
+        raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
+
+
+def _check_negatives(config: FinetuneConfig, dataset: Any, train: list[Any]) -> None:
+    """Every train user must have ``rank_negatives`` items they never interacted with."""
+    if config.rank_negatives == 0:
+        return
+    fewest = len(dataset.items) - max(len(set(dataset.sequences[user])) for user in {e.user for e in train})
+    if config.rank_negatives > fewest:
+        raise UsageError(f"--rank-negatives {config.rank_negatives} is more than the {fewest} items some user never interacted with",
+                         hint=f"use --rank-negatives {fewest} or fewer")
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -172,11 +200,31 @@ def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def _encode(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig) -> list[tuple[list[int], list[int]]]:
-    from .recprompt import PromptConfig, encode_example
+def _prompt_config(config: FinetuneConfig) -> Any:
+    from .recprompt import PromptConfig
 
-    prompt = PromptConfig(history=config.history, title_words=config.title_words, title_tokens=config.title_tokens)
-    return [encode_example(tokenizer, dataset, example, prompt) for example in batch]
+    return PromptConfig(history=config.history, title_words=config.title_words, title_tokens=config.title_tokens)
+
+
+def negative_items(dataset: Any, example: Any, *, count: int, seed: int, step: int, index: int) -> tuple[int, ...]:
+    """``count`` uniform negatives (items the user never interacted with) for train
+    example ``index`` at optimizer step ``step``: a pure function of its arguments."""
+    from .data import CandidateSampler
+
+    draw_seed = int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+    return CandidateSampler(dataset, negatives=count, seed=draw_seed)(example)[1:]
+
+
+def _encode(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None) -> list[tuple[list[int], list[list[int]]]]:
+    """``(prompt_ids, [target_ids, negative_ids...])`` per example, encoded like evaluation."""
+    from .recprompt import candidate_text, encode_candidates, encode_prompt, prompt_text
+
+    prompt = _prompt_config(config)
+    rows = []
+    for example, negs in zip(batch, negatives or [()] * len(batch)):
+        texts = [candidate_text(dataset, item, prompt) for item in (example.target, *negs)]
+        rows.append((encode_prompt(tokenizer, prompt_text(dataset, example, prompt)), encode_candidates(tokenizer, texts, prompt)))
+    return rows
 
 
 # --- losses -------------------------------------------------------------------------------
@@ -186,22 +234,83 @@ def title_logits(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id
     """Logits predicting each target-title token: ``(logits [T, V], targets [T])``.
 
     ``T`` = all target tokens of the batch, in order; the same positions as
-    :func:`ollama_slim.scoring.title_nll`.
+    :func:`ollama_slim.scoring.title_nll`. The LM head runs at those ``T`` positions
+    only (``logits_to_keep`` as a [B, L] boolean mask), not at all ``B x L``.
     """
+    from .scoring import pad_right
+
     device = model.get_input_embeddings().weight.device
-    width = max(len(p) + len(t) for p, t in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    rows, cols, targets = [], [], []
+    ids, mask = pad_right([p + t for p, t in batch], pad_id)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    targets: list[int] = []
     for row, (prompt, target) in enumerate(batch):
-        seq = prompt + target
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-        rows += [row] * len(target)
-        cols += list(range(len(prompt) - 1, len(seq) - 1))
+        keep[row, len(prompt) - 1 : len(prompt) + len(target) - 1] = True
         targets += target
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    return logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)], torch.tensor(targets, device=device)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)).logits
+    return logits, torch.tensor(targets, device=device)
+
+
+def _compute_dtype(model: Any, device: torch.device) -> torch.dtype:
+    """The dtype attention runs in: autocast's if it is on, else the weights'."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return model.get_input_embeddings().weight.dtype
+
+
+def candidate_logits(model: Any, rows: list[tuple[list[int], list[list[int]]]], *, pad_id: int = 0) -> tuple[torch.Tensor, Any]:
+    """Logits predicting every candidate token, all candidates packed after their prompt.
+
+    ``rows`` holds ``(prompt_ids, [candidate_ids, ...])`` with as many candidates in every
+    row. One forward per row (:func:`ollama_slim.importance.subsets.pack`: each candidate
+    sees the prompt and its own earlier tokens, at positions continuing the prompt's);
+    the head runs only where a candidate token is predicted. Returns ``(logits [M, V],
+    packed)``, row ``m`` predicting ``packed.tgt[m]`` of candidate ``packed.group[m]``.
+    """
+    from .importance.subsets import pack
+
+    device = model.get_input_embeddings().weight.device
+    packed = pack(rows, dtype=_compute_dtype(model, device), pad_id=pad_id)
+    needed, where = torch.unique(packed.src, return_inverse=True)  # sorted, as a mask keeps them
+    keep = torch.zeros(packed.ids.numel(), dtype=torch.bool)
+    keep[needed] = True
+    logits = model(input_ids=packed.ids.to(device), attention_mask=packed.bias.to(device), position_ids=packed.positions.to(device),
+                   logits_to_keep=keep.view_as(packed.ids).to(device)).logits
+    return logits[where.to(logits.device)], packed
+
+
+def candidate_scores(logits: torch.Tensor, packed: Any, *, candidates: int) -> torch.Tensor:
+    """Mean log-prob of each candidate's tokens (the evaluation score): [B, candidates]."""
+    device = logits.device
+    logp = -F.cross_entropy(logits.float(), packed.tgt.to(device), reduction="none")
+    group = packed.group.to(device)
+    total = torch.zeros(packed.size * candidates, device=device).index_add(0, group, logp)
+    count = torch.zeros(packed.size * candidates, device=device).index_add(0, group, torch.ones_like(logp))
+    return (total / count.clamp(min=1)).view(packed.size, candidates)
+
+
+def rank_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over candidate scores ``[B, C]``, the target in column 0."""
+    return F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
+
+
+def student_loss(model: Any, rows: list[tuple[list[int], list[list[int]]]], *, rank_weight: float, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training loss of ``rows`` (target first among each row's candidates) and the target
+    title logits ``[T, V]`` (for distillation).
+
+    One candidate per row: the title loss. More: ``(1 - rank_weight)`` x title loss +
+    ``rank_weight`` x :func:`rank_loss`, both from one packed forward.
+    """
+    lengths = [len(cands[0]) for _, cands in rows]
+    if len(rows[0][1]) == 1:
+        logits, targets = title_logits(model, [(p, cands[0]) for p, cands in rows], pad_id=pad_id)
+        return title_loss(logits, targets, lengths), logits
+    logits, packed = candidate_logits(model, rows, pad_id=pad_id)
+    width = len(rows[0][1])
+    is_target = (packed.group % width == 0).to(logits.device)
+    target_logits = logits[is_target]
+    title = title_loss(target_logits, packed.tgt.to(logits.device)[is_target], lengths)
+    ranking = rank_loss(candidate_scores(logits, packed, candidates=width))
+    return (1.0 - rank_weight) * title + rank_weight * ranking, target_logits
 
 
 def title_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -395,22 +504,30 @@ class _Loop:
     total: int
 
 
+def _step_rows(loop: _Loop, step: int) -> list[tuple[list[int], list[list[int]]]]:
+    """This process's share of step ``step``'s batch, encoded with its candidates."""
+    acc, config = loop.accelerator, loop.config
+    indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(loop.examples), seed=config.seed)
+    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
+    chosen = [loop.examples[i] for i in mine]
+    negatives = None
+    if config.rank_negatives > 0:
+        negatives = [negative_items(loop.dataset, loop.examples[i], count=config.rank_negatives, seed=config.seed, step=step, index=i) for i in mine]
+    return _encode(loop.tokenizer, loop.dataset, chosen, config, negatives)
+
+
 def _step_loss(loop: _Loop, step: int) -> torch.Tensor:
     """The loss of this process's share of step ``step``'s batch (scalar)."""
-    acc = loop.accelerator
-    indices = batch_indices(step=step, batch_size=loop.config.batch_size, num_examples=len(loop.examples), seed=loop.config.seed)
-    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
-    batch = _encode(loop.tokenizer, loop.dataset, [loop.examples[i] for i in mine], loop.config)
+    rows = _step_rows(loop, step)
     pad = loop.tokenizer.pad_token_id or 0
-    lengths = [len(t) for _, t in batch]
-    with acc.autocast():
-        logits, targets = title_logits(loop.trainee.model, batch, pad_id=pad)
-        loss = title_loss(logits, targets, lengths)
+    with loop.accelerator.autocast():
+        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad)
         if loop.teacher is not None:
+            batch = [(p, cands[0]) for p, cands in rows]
             with torch.no_grad():
                 teacher_logits, _ = title_logits(loop.teacher, batch, pad_id=pad)
             w = loop.config.distill_weight
-            loss = (1.0 - w) * loss + w * distill_loss(logits, teacher_logits, lengths)
+            loss = (1.0 - w) * loss + w * distill_loss(logits, teacher_logits, [len(t) for _, t in batch])
     return loss
 
 
@@ -461,12 +578,13 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
     from .data import load_dataset
 
     began = time.perf_counter()
-    _check_config(config)
+    check_config(config)
     places = _places(config)
     if places.out_dir.exists() and not config.force and latest_checkpoint(places.checkpoint_dir) is None:
         raise UsageError(f"{places.out_dir} already exists", hint="pass --force to replace it, or choose another --out")
     dataset = load_dataset(config.data)
     train = _train_examples(config, dataset)
+    _check_negatives(config, dataset, train)
     trainee, tokenizer = _build_trainee(config, places.model_dir)
     teacher = _load_teacher(config, trainee.model)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())

@@ -62,6 +62,76 @@ def test_title_loss_matches_scoring_title_nll(tiny_llama: Path) -> None:
     assert ft.distill_loss(logits, logits.flip(-1), [3, 2]) > 0.01
 
 
+def test_title_logits_equal_a_full_forward_then_indexing(tiny_llama: Path) -> None:
+    from ollama_slim.modeling import load_model
+
+    model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
+    batch = [([1, 5, 9, 12], [30, 31, 32]), ([1, 7], [40, 41]), ([1, 8, 8, 8, 8, 8], [50])]
+    logits, targets = ft.title_logits(model, batch, pad_id=2)
+    ids = torch.full((3, 7), 2)
+    mask = torch.zeros_like(ids)
+    for row, (p, t) in enumerate(batch):
+        ids[row, : len(p + t)], mask[row, : len(p + t)] = torch.tensor(p + t), 1
+    full = model(input_ids=ids, attention_mask=mask).logits
+    rows = [0, 0, 0, 1, 1, 2]
+    cols = [3, 4, 5, 1, 2, 5]
+    assert full.shape[1] == 7 and logits.shape == (6, full.shape[-1])
+    torch.testing.assert_close(logits, full[rows, cols], rtol=0, atol=1e-5)
+    assert targets.tolist() == [30, 31, 32, 40, 41, 50]
+
+
+def test_packed_candidate_scores_equal_separate_forwards(tiny_llama: Path, tiny_qwen2: Path) -> None:
+    from ollama_slim.modeling import load_model
+
+    rows = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51]]), ([1, 7], [[60, 61], [62, 63, 64, 65], [66]])]
+    for path in (tiny_llama, tiny_qwen2):
+        model = load_model(path)
+        logits, packed = ft.candidate_logits(model, rows, pad_id=2)
+        scores = ft.candidate_scores(logits, packed, candidates=3)
+        for b, (prompt, cands) in enumerate(rows):
+            for c, cand in enumerate(cands):
+                alone, targets = ft.title_logits(model, [(prompt, cand)])
+                expected = -torch.nn.functional.cross_entropy(alone, targets)
+                torch.testing.assert_close(scores[b, c], expected, rtol=0, atol=1e-4)
+        targets_first = [(p, cands[0]) for p, cands in rows]
+        loss, title = ft.student_loss(model, rows, rank_weight=0.0, pad_id=2)
+        plain, targets = ft.title_logits(model, targets_first, pad_id=2)
+        torch.testing.assert_close(title, plain, rtol=0, atol=1e-4)
+        torch.testing.assert_close(loss, ft.title_loss(plain, targets, [3, 2]), rtol=0, atol=1e-5)
+
+
+def test_rank_loss_trains_lora_and_decreases(tiny_llama: Path) -> None:
+    from ollama_slim.modeling import load_model
+
+    torch.manual_seed(0)
+    model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert lora and all("lora" in n for n, p in model.named_parameters() if p.requires_grad)
+    rows = [([1, 5, 9], [[30, 31], [40, 41, 42], [50]]), ([1, 7, 8], [[60], [61, 62], [63, 64]])]
+    optimizer = torch.optim.AdamW(lora, lr=1e-2)
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss, _ = ft.student_loss(model, rows, rank_weight=1.0, pad_id=2)
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_negatives_are_seeded_per_step_and_never_seen(tiny_data: Path) -> None:
+    from ollama_slim.data import examples, load_dataset
+
+    dataset = load_dataset(str(tiny_data))
+    train = examples(dataset, split="train", history=5)
+    draw = lambda step, index: ft.negative_items(dataset, train[index], count=2, seed=3, step=step, index=index)  # noqa: E731
+    assert draw(4, 7) == draw(4, 7)
+    assert len({draw(step, 7) for step in range(12)}) > 1  # another step, another draw (order counts)
+    for index in range(len(train)):
+        assert not set(draw(0, index)) & set(dataset.sequences[train[index].user])
+
+
 def test_batches_are_a_pure_function_of_the_step() -> None:
     a = [ft.batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
     b = [ft.batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
@@ -93,14 +163,15 @@ def test_lora_finetune_lowers_the_loss_and_saves_a_plain_model(tiny_llama: Path,
     assert record["finetune"]["mode"] == "lora-r4" and record["finetune"]["steps"] == 12
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path) -> None:
-    straight = ft.finetune(_config(tiny_qwen2, tiny_data, tmp_path / "a"))
+@pytest.mark.parametrize("negatives", [0, 2])
+def test_interrupted_run_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path, negatives: int) -> None:
+    straight = ft.finetune(_config(tiny_qwen2, tiny_data, tmp_path / "a", rank_negatives=negatives))
 
     def stop_after_five(progress: ft.FinetuneProgress) -> None:
         if progress.step == 5:  # after the checkpoint of step 4: step 5 is lost and redone
             raise KeyboardInterrupt
 
-    config = _config(tiny_qwen2, tiny_data, tmp_path / "b")
+    config = _config(tiny_qwen2, tiny_data, tmp_path / "b", rank_negatives=negatives)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(config, on_step=stop_after_five)
     assert not config.out_dir.exists()
@@ -114,11 +185,22 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data
         assert torch.equal(a[name], b[name]), name
 
 
+def test_bf16_mixed_precision_trains_with_the_ranking_loss(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=2, rank_negatives=2, mixed_precision="bf16")
+    result = ft.finetune(config)
+    assert len(result.losses) == 2 and all(loss == loss and loss > 0 for loss in result.losses)
+    assert _weights(result.out_dir)["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32
+
+
 def test_checkpoint_made_with_other_settings_is_refused(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
     config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=2)
     ft.finetune(config)
     with pytest.raises(RunError, match="other settings"):
         ft.finetune(replace(config, lr=1e-3))
+    with pytest.raises(RunError, match="other settings"):
+        ft.finetune(replace(config, rank_negatives=2))
+    assert config.fingerprint() == replace(config, rank_weight=0.9).fingerprint()  # no negatives: the weight changes nothing
+    assert replace(config, rank_negatives=2).fingerprint() != replace(config, rank_negatives=2, rank_weight=0.9).fingerprint()
     again = ft.finetune(replace(config, lr=1e-3, force=True))  # --force starts over
     assert again.resumed_from == 0 and len(again.losses) == 2
 
@@ -150,6 +232,13 @@ def test_bad_options_are_one_line_errors(tiny_llama: Path, tiny_data: Path, tmp_
         ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "x", steps=None))
     with pytest.raises(UsageError, match="--lora-rank must be positive"):
         ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "x", lora_rank=0))
+    with pytest.raises(UsageError, match="--rank-negatives must be 0 or more"):
+        ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "x", rank_negatives=-1))
+    for weight in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UsageError, match="--rank-weight must be between 0 and 1"):
+            ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "x", rank_negatives=2, rank_weight=weight))
+    with pytest.raises(UsageError, match="--rank-negatives 3 is more than the 2 items"):
+        ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "x", rank_negatives=3))
     with pytest.raises(UsageError, match="--out is needed"):
         ft.finetune(_config(tiny_llama, tiny_data, None))
     (tmp_path / "taken").mkdir()
@@ -216,3 +305,22 @@ def test_cli_finetunes_and_reports_errors_in_one_line(tiny_llama: Path, tiny_dat
     bad = CliRunner().invoke(main, ["finetune", str(tiny_llama), "--data", str(tiny_data), "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2
     assert "Error: give either --steps or --epochs (exactly one). e.g. --steps 150" in bad.output
+    for option, value, message in [("--rank-negatives", "-1", "--rank-negatives must be 0 or more"), ("--rank-weight", "1.5", "--rank-weight must be between 0 and 1")]:
+        bad = CliRunner().invoke(main, [*args[:-1], "--force", option, value])
+        assert bad.exit_code == 2 and f"Error: {message}" in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+def test_cli_trains_with_the_ranking_loss(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ollama_slim.cli import main
+
+    out = tmp_path / "ranked"
+    args = ["finetune", str(tiny_llama), "--data", str(tiny_data), "--steps", "2", "--lora-rank", "2", "--batch-size", "2",
+            "--rank-negatives", "2", "--rank-weight", "0.7", "--out", str(out), "--json"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    record = json.loads((out / "slim.json").read_text())["finetune"]["config"]
+    assert record["rank_negatives"] == 2 and record["rank_weight"] == 0.7
+    help_text = CliRunner().invoke(main, ["finetune", "--help"]).output
+    assert "--rank-negatives" in help_text and "--rank-weight" in help_text

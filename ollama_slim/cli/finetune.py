@@ -20,6 +20,11 @@ from rich.table import Table
 @click.option("--full", is_flag=True, help="Train every weight instead of LoRA adapters.")
 @click.option("--distill-from", metavar="TEACHER", help="Teacher model (tag or directory, same tokenizer): adds KL on the target title tokens.")
 @click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of the distillation KL in the loss.")
+@click.option("--rank-negatives", type=int, default=0, show_default=True, metavar="K",
+              help="Also rank the target among K items the user never interacted with (seeded per step): a softmax "
+                   "cross-entropy over the 1+K titles' mean log-probs, the score evaluation ranks by. 0: title loss only.")
+@click.option("--rank-weight", type=float, default=0.5, show_default=True, metavar="W",
+              help="Share of the ranking loss, in [0, 1]: loss = (1-W) x title loss + W x ranking loss (with --rank-negatives).")
 @click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step (over all processes).")
@@ -32,9 +37,10 @@ from rich.table import Table
 @click.option("--force", is_flag=True, help="Replace an existing output directory; discard checkpoints made with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
-            distill_weight: float, train_bridges: bool, lr: float, batch_size: int, checkpoint_every: int, users: int | None,
-            history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool, as_json: bool) -> None:
-    """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split.
+            distill_weight: float, rank_negatives: int, rank_weight: float, train_bridges: bool, lr: float, batch_size: int,
+            checkpoint_every: int, users: int | None, history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool, as_json: bool) -> None:
+    """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
+    (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
 
     RUN_OR_MODEL is a run directory (its compact model is healed into RUN/healed) or a
     model (tag or directory; then --out is needed): the same command fine-tunes the
@@ -42,13 +48,15 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     --checkpoint-every steps; after Ctrl-C, rerun the same command to resume. For
     several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
     """
-    from ..finetune import FinetuneConfig, finetune
+    from ..finetune import FinetuneConfig, check_config, finetune
 
     config = FinetuneConfig(
         model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,
-        distill_from=distill_from, distill_weight=distill_weight, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
+        distill_from=distill_from, distill_weight=distill_weight, rank_negatives=rank_negatives, rank_weight=rank_weight,
+        train_bridges=train_bridges, lr=lr, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, history=history, users=users, hf=hf, force=force,
     )
+    check_config(config)  # a bad option: one line, before the progress bar
     columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=as_json) as progress:
         task = progress.add_task("steps", total=None, loss="-")
