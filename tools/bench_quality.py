@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ollama_slim.data import load_dataset
-from ollama_slim.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases
-from ollama_slim.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline
-from ollama_slim.retained import retained_on_lift
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ollama_slim.data import load_dataset  # noqa: E402
+from ollama_slim.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases  # noqa: E402
+from ollama_slim.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline  # noqa: E402
+from ollama_slim.retained import retained_on_lift  # noqa: E402
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"
 REGIMES = ("uniform", "popularity")
@@ -53,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--rank-negatives", type=int, default=7, metavar="K", help="healing: rank the target among K seeded never-seen items (0: title loss only)")
+    p.add_argument("--rank-weight", type=float, default=0.5, metavar="W", help="healing: share of the ranking loss, in [0, 1]")
+    p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "fp16"), help="healing: accelerate's mixed precision")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"), help="dtype the models are loaded in for scoring")
     p.add_argument("--skip", default="", help="leave out: distilled, bridged-unhealed (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p.parse_args(argv)
@@ -95,6 +102,7 @@ def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path 
         model=str(model_dir), data=args.data, out_dir=out, steps=args.steps, lora_rank=args.lora_rank, lr=args.lr,
         batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
         distill_from=str(teacher) if teacher else None, distill_weight=args.distill_weight,
+        rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, mixed_precision=args.mixed_precision,
     )
     began = time.perf_counter()
     result = finetune(config, on_step=lambda p: log(f"{out.name} step {p.step}/{p.total} loss {p.loss:.3f}") if p.step % 10 == 0 else None)
@@ -130,13 +138,13 @@ def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalCon
 
 def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
     """``{"<split>/<regime>": scores [U, 20]}`` of one model (cached as .npz)."""
-    from ollama_slim.modeling import load
+    from ollama_slim.modeling import LoadOptions, load
     from ollama_slim.scorers import TransformersScorer
 
     cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus") + ".npz")
     if cache.is_file():
         return dict(np.load(cache))
-    model, tokenizer = load(model_dir)
+    model, tokenizer = load(model_dir, LoadOptions(dtype=args.dtype))
     scorer = TransformersScorer(model=model, tokenizer=tokenizer)
     out = {}
     for split in ("test", "valid"):
@@ -194,12 +202,20 @@ def _fmt(iv: dict) -> str:
     return f"{iv['mean']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]"
 
 
+def _rank_recipe(cfg: dict) -> str:
+    """The healing loss in words: title loss alone, or mixed with the ranking loss."""
+    if not cfg["rank_negatives"]:
+        return "title loss only"
+    return f"ranking loss over 1+{cfg['rank_negatives']} candidates (weight {cfg['rank_weight']})"
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [f"# Quality: {cfg['model']} full vs keep {len(cfg['kept'].split(','))} ({cfg['bridge']})", "",
              f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
              f"Healing: LoRA r{cfg['lora_rank']}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
-             f"titles cut to {cfg['title_words']} words. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10."]
+             f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}, mixed precision {cfg['mixed_precision']}; "
+             f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10."]
     for regime, rep in report["regimes"].items():
         lines += ["", f"## {regime} negatives", "",
                   "| model | NDCG@10 [95% CI] | HR@10 | MRR | retained on lift [95% CI] | raw ratio | + log-pop prior (w) | prior - popularity |",
