@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import paths
 from .bridges import GapMaps, Bridge, attach_bridge, find_gaps, fold_bridge
 from .errors import RunError, UsageError
-from .families import family_of, get_module
+from .families import family_of
 
 CHECKPOINT_POINTER = "latest.json"
 CHECKPOINT_FORMAT = 1
@@ -257,14 +257,28 @@ def _compute_dtype(model: Any, device: torch.device) -> torch.dtype:
     return model.get_input_embeddings().weight.dtype
 
 
-def candidate_logits(model: Any, rows: list[tuple[list[int], list[list[int]]]], *, pad_id: int = 0) -> tuple[torch.Tensor, Any]:
+@dataclass(frozen=True)
+class CandidateLogits:
+    """Logits at the packed positions that predict candidate tokens.
+
+    ``logits`` [K, V] at the K distinct such positions (a prompt's last position predicts
+    every candidate's first token); ``where`` [M]: the row of ``logits`` that predicts
+    ``packed.tgt[m]``, a token of candidate ``packed.group[m]``. Duplicated rows are never
+    materialised: their backward would sum with atomic adds, in no fixed order on the CPU.
+    """
+
+    logits: torch.Tensor
+    where: torch.Tensor
+    packed: Any
+
+
+def candidate_logits(model: Any, rows: list[tuple[list[int], list[list[int]]]], *, pad_id: int = 0) -> CandidateLogits:
     """Logits predicting every candidate token, all candidates packed after their prompt.
 
     ``rows`` holds ``(prompt_ids, [candidate_ids, ...])`` with as many candidates in every
     row. One forward per row (:func:`ollama_slim.importance.subsets.pack`: each candidate
     sees the prompt and its own earlier tokens, at positions continuing the prompt's);
-    the head runs only where a candidate token is predicted. Returns ``(logits [M, V],
-    packed)``, row ``m`` predicting ``packed.tgt[m]`` of candidate ``packed.group[m]``.
+    the head runs only where a candidate token is predicted.
     """
     from .importance.subsets import pack
 
@@ -275,17 +289,17 @@ def candidate_logits(model: Any, rows: list[tuple[list[int], list[list[int]]]], 
     keep[needed] = True
     logits = model(input_ids=packed.ids.to(device), attention_mask=packed.bias.to(device), position_ids=packed.positions.to(device),
                    logits_to_keep=keep.view_as(packed.ids).to(device)).logits
-    return logits[where.to(logits.device)], packed
+    return CandidateLogits(logits=logits, where=where.to(logits.device), packed=packed)
 
 
-def candidate_scores(logits: torch.Tensor, packed: Any, *, candidates: int) -> torch.Tensor:
+def candidate_scores(out: CandidateLogits, *, candidates: int) -> torch.Tensor:
     """Mean log-prob of each candidate's tokens (the evaluation score): [B, candidates]."""
-    device = logits.device
-    logp = -F.cross_entropy(logits.float(), packed.tgt.to(device), reduction="none")
-    group = packed.group.to(device)
-    total = torch.zeros(packed.size * candidates, device=device).index_add(0, group, logp)
-    count = torch.zeros(packed.size * candidates, device=device).index_add(0, group, torch.ones_like(logp))
-    return (total / count.clamp(min=1)).view(packed.size, candidates)
+    device, size = out.logits.device, out.packed.size * candidates
+    logp = torch.log_softmax(out.logits.float(), dim=-1)[out.where, out.packed.tgt.to(device)]  # [M]
+    group = out.packed.group.to(device)
+    total = torch.zeros(size, device=device).index_add(0, group, logp)
+    count = torch.zeros(size, device=device).index_add(0, group, torch.ones_like(logp))
+    return (total / count.clamp(min=1)).view(out.packed.size, candidates)
 
 
 def rank_loss(scores: torch.Tensor) -> torch.Tensor:
@@ -304,12 +318,12 @@ def student_loss(model: Any, rows: list[tuple[list[int], list[list[int]]]], *, r
     if len(rows[0][1]) == 1:
         logits, targets = title_logits(model, [(p, cands[0]) for p, cands in rows], pad_id=pad_id)
         return title_loss(logits, targets, lengths), logits
-    logits, packed = candidate_logits(model, rows, pad_id=pad_id)
+    out = candidate_logits(model, rows, pad_id=pad_id)
     width = len(rows[0][1])
-    is_target = (packed.group % width == 0).to(logits.device)
-    target_logits = logits[is_target]
-    title = title_loss(target_logits, packed.tgt.to(logits.device)[is_target], lengths)
-    ranking = rank_loss(candidate_scores(logits, packed, candidates=width))
+    is_target = (out.packed.group % width == 0).to(out.logits.device)
+    target_logits = out.logits[out.where[is_target]]  # distinct positions: no duplicated rows
+    title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
+    ranking = rank_loss(candidate_scores(out, candidates=width))
     return (1.0 - rank_weight) * title + rank_weight * ranking, target_logits
 
 
@@ -573,8 +587,6 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
     ``on_step`` is called after every optimizer step (progress bars, early stops: an
     exception it raises, e.g. KeyboardInterrupt, stops the run and keeps the checkpoints).
     """
-    from accelerate import Accelerator
-
     from .data import load_dataset
 
     began = time.perf_counter()
@@ -587,7 +599,7 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
     _check_negatives(config, dataset, train)
     trainee, tokenizer = _build_trainee(config, places.model_dir)
     teacher = _load_teacher(config, trainee.model)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(config)
     optimizer = torch.optim.AdamW(list(trainee.params.values()), lr=config.lr, weight_decay=0.0)
     start, losses = _resume(places.checkpoint_dir, trainee=trainee, optimizer=optimizer, config=config)
     trainee.model, optimizer = accelerator.prepare(trainee.model, optimizer)
@@ -606,6 +618,21 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
         final_loss=losses[-1] if losses else None, trainable_params=sum(p.numel() for p in trainee.params.values()),
         train_examples=len(train), seconds=time.perf_counter() - began, losses=losses,
     )
+
+
+def _accelerator(config: FinetuneConfig) -> Any:
+    """An ``Accelerator`` with this run's mixed precision.
+
+    Its state is a process-wide singleton: a second run in the same process (the quality
+    benchmark heals several models) would keep the first run's precision, or refuse
+    another one. That part is dropped first; the distributed setup (``PartialState``)
+    stays, and ``None`` still means what ``accelerate launch`` says.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # accelerate's own tests do this between runs
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _resume(directory: Path, *, trainee: _Trainee, optimizer: Any, config: FinetuneConfig) -> tuple[int, list[float]]:

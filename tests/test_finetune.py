@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -86,8 +85,9 @@ def test_packed_candidate_scores_equal_separate_forwards(tiny_llama: Path, tiny_
     rows = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51]]), ([1, 7], [[60, 61], [62, 63, 64, 65], [66]])]
     for path in (tiny_llama, tiny_qwen2):
         model = load_model(path)
-        logits, packed = ft.candidate_logits(model, rows, pad_id=2)
-        scores = ft.candidate_scores(logits, packed, candidates=3)
+        out = ft.candidate_logits(model, rows, pad_id=2)
+        assert out.logits.shape[0] == len(set(out.packed.src.tolist())) < out.where.shape[0]
+        scores = ft.candidate_scores(out, candidates=3)
         for b, (prompt, cands) in enumerate(rows):
             for c, cand in enumerate(cands):
                 alone, targets = ft.title_logits(model, [(prompt, cand)])
@@ -186,9 +186,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data
 
 
 def test_bf16_mixed_precision_trains_with_the_ranking_loss(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState
+
     config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=2, rank_negatives=2, mixed_precision="bf16")
     result = ft.finetune(config)
     assert len(result.losses) == 2 and all(loss == loss and loss > 0 for loss in result.losses)
+    assert AcceleratorState().mixed_precision == "bf16"
+    ft.finetune(replace(config, out_dir=tmp_path / "fp32", mixed_precision=None))  # the same process, another precision
+    assert AcceleratorState().mixed_precision == "no"
     assert _weights(result.out_dir)["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32
 
 
