@@ -39,6 +39,8 @@ class PruneConfig:
     batch_size: int = 8
     lora_rank: int = 16
     lr: float = 2e-4
+    rank_negatives: int = 0
+    rank_weight: float = 0.5
     checkpoint_every: int = 25
     outtype: str = "q8_0"
     register: bool = True
@@ -113,6 +115,11 @@ def check_config(config: PruneConfig) -> None:
             raise UsageError(f"{option} {value!r} is not known", hint=f"choose from {', '.join(known)}")
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {config.steps}")
+    if config.steps > 0:  # healing's own checks (batch size, rank, ranking loss), with its messages
+        from .finetune import FinetuneConfig, check_config as check_finetune
+
+        check_finetune(FinetuneConfig(model=config.model, data=config.data, steps=config.steps, lora_rank=config.lora_rank, lr=config.lr, batch_size=config.batch_size,
+                                      checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight))
     parse_name(config.slim_name)  # a name Ollama would refuse fails now, not after an hour
 
 

@@ -92,7 +92,7 @@ class _Plan:
 
         c = self.config
         return FinetuneConfig(model=model, hf=c.hf if model == c.model else None, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
-                              checkpoint_every=c.checkpoint_every, seed=c.seed, history=c.history, title_words=c.title_words, force=True)
+                              rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, checkpoint_every=c.checkpoint_every, seed=c.seed, history=c.history, title_words=c.title_words, force=True)
 
     def _finetune(self) -> StageSpec:
         c = self.config
@@ -107,6 +107,8 @@ class _Plan:
             paths.write_json(self.finetune_record, result.to_json())
 
         options = {"steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size, "history": c.history, "title_words": c.title_words}
+        if c.rank_negatives:  # absent when off, so earlier runs stay unchanged
+            options |= {"rank_negatives": c.rank_negatives, "rank_weight": c.rank_weight}
         return options, [self.layout.healed_dir / "config.json"], work
 
     def _reference(self) -> StageSpec:
@@ -120,7 +122,10 @@ class _Plan:
                 finetune(self._finetune_config(c.model, self.reference_dir), on_step=self._on_step)
 
         outputs = [self.reference_dir / "config.json"] if wanted else []
-        return {"reference": wanted, "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size}, outputs, work
+        options = {"reference": wanted, "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size}
+        if c.rank_negatives:
+            options |= {"rank_negatives": c.rank_negatives, "rank_weight": c.rank_weight}
+        return options, outputs, work
 
     def _export(self) -> StageSpec:
         c = self.config

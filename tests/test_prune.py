@@ -118,6 +118,8 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--keep", "10", "--strategy", "greedy"], "--strategy 'greedy' is not known"),
         (["prune", "smollm2:135m", "--keep", "10", "--name", "bad name!"], "not a valid Ollama model name"),
         (["prune", "smollm2:135m"], "prune needs MODEL and --keep"),
+        (["prune", "smollm2:135m", "--keep", "10", "--rank-weight", "2"], "--rank-weight must be between 0 and 1"),
+        (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "-1"], "--rank-negatives must be 0 or more"),
     ]:
         result = runner.invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
         assert result.exit_code != 0, args

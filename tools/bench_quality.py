@@ -232,9 +232,23 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_work(args: argparse.Namespace, work: Path) -> None:
+    """The work directory caches models and scores by name: refuse one made with another recipe."""
+    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "skip")}
+    recipe_file = work / "recipe.json"
+    if recipe_file.is_file():
+        earlier = json.loads(recipe_file.read_text())
+        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k))
+        if changed:
+            sys.exit(f"error: {work} holds results made with other settings ({', '.join(changed)}); delete it or choose another --out")
+    work.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(json.dumps(recipe, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     work = args.out.with_name(args.out.name + "-work")
+    check_work(args, work)
     dataset = load_dataset(args.data)
     began = time.perf_counter()
     found = models(args, work)
