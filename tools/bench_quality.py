@@ -135,6 +135,15 @@ def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalCon
     return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words)
 
 
+def _joint_cases(dataset, per_regime: list[list]) -> list:
+    """One case per user holding every regime's candidates side by side: the prompt runs once for all."""
+    from ollama_slim.evaluate import Case
+
+    users = [[c.example.user for c in cases] for cases in per_regime]
+    assert all(u == users[0] for u in users), "regimes must draw the same users"
+    return [Case(group[0].example, tuple(item for case in group for item in case.candidates)) for group in zip(*per_regime)]
+
+
 def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
     """``{"<split>/<regime>": scores [U, 20]}`` of one model (cached as .npz)."""
     from ollama_slim.modeling import LoadOptions, load
@@ -144,14 +153,16 @@ def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work
     if cache.is_file():
         return dict(np.load(cache))
     model, tokenizer = load(model_dir, LoadOptions(dtype=args.dtype))
-    scorer = TransformersScorer(model=model, tokenizer=tokenizer)
+    scorer = TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
     out = {}
     for split in ("test", "valid"):
-        for regime in REGIMES:
-            config = eval_config(args, split=split, regime=regime)
-            began = time.perf_counter()
-            out[f"{split}/{regime}"], _ = score_cases(scorer, dataset, prepare_cases(dataset, config), config)
-            log(f"scored {key} {split}/{regime} in {time.perf_counter() - began:.0f}s")
+        began = time.perf_counter()
+        config = eval_config(args, split=split, regime=REGIMES[0])
+        both = _joint_cases(dataset, [prepare_cases(dataset, eval_config(args, split=split, regime=r)) for r in REGIMES])
+        joint, _ = score_cases(scorer, dataset, both, config)
+        for n, regime in enumerate(REGIMES):  # columns of regime n: its 20 candidates, target first
+            out[f"{split}/{regime}"] = joint[:, 20 * n : 20 * (n + 1)]
+        log(f"scored {key} {split} ({', '.join(REGIMES)}) in {time.perf_counter() - began:.0f}s")
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **out)
     return out

@@ -39,7 +39,9 @@ from ollama_slim import paths  # noqa: E402
 from ollama_slim.importance import METHODS, ScoreConfig, mean_rank, open_model, score_layers  # noqa: E402
 from ollama_slim.metrics import bootstrap_interval, per_user_metrics  # noqa: E402
 from ollama_slim.selection import STRATEGIES, SelectConfig, _search_context  # noqa: E402
+from ollama_slim.pipeline import PruneConfig  # noqa: E402
 
+PRUNE_METHODS = PruneConfig.methods
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-electronics-2014"
 
 
@@ -137,6 +139,9 @@ def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) ->
         if "shapley" in scoring["scores"]:
             fused = mean_rank({k: v for k, v in scoring["scores"].items() if k != "shapley"})
             wanted["(d) fused ranking without shapley, ranked"] = sorted(_order(fused)[:keep])
+        if len(PRUNE_METHODS) > 1 and set(PRUNE_METHODS) <= set(scoring["scores"]):
+            fused = mean_rank({k: scoring["scores"][k] for k in PRUNE_METHODS})
+            wanted[f"(d) fused {'+'.join(PRUNE_METHODS)} (prune's default), ranked"] = sorted(_order(fused)[:keep])
     for name, found in report["searches"].items():
         if name != "ranked":
             wanted[f"(e) {name}" if name == "backward" else name] = found["kept"]

@@ -1,0 +1,49 @@
+"""tools/bench_quality.py: both regimes scored on one prompt pass equal each regime scored alone."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ollama_slim.data import load_dataset
+from ollama_slim.evaluate import prepare_cases, score_cases
+from ollama_slim.modeling import load
+from ollama_slim.scorers import TransformersScorer
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_joint_regimes_equal_separate_scoring(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    args = bench.parse_args(["--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32"])
+    dataset = load_dataset(args.data)
+    joint = bench.scores_of("tiny", tiny_llama, args, dataset, tmp_path)
+    model, tokenizer = load(tiny_llama)
+    scorer = TransformersScorer(model=model, tokenizer=tokenizer)
+    for split in ("test", "valid"):
+        for regime in bench.REGIMES:
+            config = bench.eval_config(args, split=split, regime=regime)
+            alone, _ = score_cases(scorer, dataset, prepare_cases(dataset, config), config)
+            assert joint[f"{split}/{regime}"].shape == alone.shape == (config.users, 20)
+            np.testing.assert_allclose(joint[f"{split}/{regime}"], alone, atol=1e-5)
+    uniform, popular = joint["test/uniform"], joint["test/popularity"]
+    np.testing.assert_allclose(uniform[:, 0], popular[:, 0], atol=1e-5)  # the same target, the same prompt
+    assert not np.allclose(uniform[:, 1:], popular[:, 1:])  # other negatives
+
+
+def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
+    work = tmp_path / "q-work"
+    bench.check_work(bench.parse_args(["--steps", "10"]), work)
+    bench.check_work(bench.parse_args(["--steps", "10", "--skip", "distilled"]), work)  # what is skipped changes no result
+    with pytest.raises(SystemExit, match="other settings .*steps"):
+        bench.check_work(bench.parse_args(["--steps", "20"]), work)
