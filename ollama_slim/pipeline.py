@@ -32,7 +32,7 @@ class PruneConfig:
     keep: int
     name: str | None = None
     data: str = "movielens-100k"
-    methods: tuple[str, ...] = ("block-influence", "angular", "ablation")
+    methods: tuple[str, ...] = ("ablation",)  # tools/bench_select.py: 10.03 val loss vs 10.95 fused with block influence + angular
     strategy: str = "ranked"
     bridge: str = "mlp-fold"
     steps: int = 150
