@@ -30,6 +30,7 @@ from . import paths
 from .bridges import GapMaps, Bridge, attach_bridge, find_gaps, fold_bridge
 from .errors import RunError, UsageError
 from .families import family_of
+from .scoring import title_logits
 
 CHECKPOINT_POINTER = "latest.json"
 CHECKPOINT_FORMAT = 1
@@ -228,26 +229,6 @@ def _encode(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConf
 
 
 # --- losses -------------------------------------------------------------------------------
-
-
-def title_logits(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits predicting each target-title token: ``(logits [T, V], targets [T])``.
-
-    ``T`` = all target tokens of the batch, in order; the same positions as
-    :func:`ollama_slim.scoring.title_nll`. The LM head runs at those ``T`` positions
-    only (``logits_to_keep`` as a [B, L] boolean mask), not at all ``B x L``.
-    """
-    from .scoring import pad_right
-
-    device = model.get_input_embeddings().weight.device
-    ids, mask = pad_right([p + t for p, t in batch], pad_id)
-    keep = torch.zeros_like(ids, dtype=torch.bool)
-    targets: list[int] = []
-    for row, (prompt, target) in enumerate(batch):
-        keep[row, len(prompt) - 1 : len(prompt) + len(target) - 1] = True
-        targets += target
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)).logits
-    return logits, torch.tensor(targets, device=device)
 
 
 def _compute_dtype(model: Any, device: torch.device) -> torch.dtype:

@@ -63,19 +63,29 @@ def score_naive(model: Any, prompt: list[int], candidates: list[list[int]], *, p
     return _mean_logprob(pred, cand_ids.to(device), cand_mask.to(device)).cpu()
 
 
+def title_logits(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits predicting each target-title token: ``(logits [T, V], targets [T])``.
+
+    ``T`` = all target tokens of the batch, in order. The LM head runs at those ``T`` positions
+    only (``logits_to_keep`` as a [B, L] boolean mask), not at all ``B x L``.
+    """
+    device = model.get_input_embeddings().weight.device
+    ids, mask = pad_right([p + t for p, t in batch], pad_id)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    targets: list[int] = []
+    for row, (prompt, target) in enumerate(batch):
+        keep[row, len(prompt) - 1 : len(prompt) + len(target) - 1] = True
+        targets += target
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device)).logits
+    return logits, torch.tensor(targets, device=device)
+
+
 def title_nll(model: Any, batch: list[tuple[list[int], list[int]]], *, pad_id: int = 0) -> torch.Tensor:
     """Teacher-forced NLL of each target title given its prompt (grad-enabled) -> [B].
 
     ``batch`` holds ``(prompt_ids, target_ids)`` pairs; the loss is the mean over the
-    target tokens only: the next-item title loss of design §3. The head runs only at
-    the positions that predict a target token (a title is a few of a row's tokens).
+    target tokens only: the next-item title loss of design §3.
     """
-    device = model.get_input_embeddings().weight.device
-    ids, mask = pad_right([p + t for p, t in batch], pad_id)
-    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    rows = torch.tensor([r for r, (_, t) in enumerate(batch) for _ in t], device=hidden.device)
-    cols = torch.tensor([c for p, t in batch for c in range(len(p) - 1, len(p) + len(t) - 1)], device=hidden.device)
-    logits = model.get_output_embeddings()(hidden[rows, cols])
-    targets = torch.tensor([tok for _, t in batch for tok in t], device=logits.device)
+    logits, targets = title_logits(model, batch, pad_id=pad_id)
     nll = F.cross_entropy(logits.float(), targets, reduction="none")
     return torch.stack([chunk.mean() for chunk in torch.split(nll, [len(t) for _, t in batch])])
