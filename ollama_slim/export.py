@@ -27,6 +27,7 @@ from .errors import ExportError, UsageError
 from .families import Family, family
 from .gguf_check import CheckResult, check_gguf, check_thresholds
 from .gguf_tokenizer import GGUFTokenizer, export_tables, from_source_gguf, from_tokenizer_json
+from .licensing import BaseModel, License, base_model_of, original_license, share_tags
 
 __all__ = ["CheckResult", "ExportConfig", "ExportResult", "check_gguf", "export_gguf", "outtypes"]
 
@@ -49,6 +50,9 @@ class ExportConfig:
     check: bool = True
     prompts: tuple[str, ...] | None = None
     tokenizer_gguf: Path | None = None  # copy tokenizer.* from this GGUF (default: slim.json's source GGUF)
+    origin: dict[str, Any] | None = None  # the original's source record (default: slim.json's); licence and base model come from it
+    license: str | None = None  # the licence id to record (default: the original's, when it can be found)
+    name: str | None = None  # general.name (default: "<original> slim (K of N layers)")
 
 
 @dataclass(frozen=True)
@@ -93,14 +97,15 @@ def export_gguf(config: ExportConfig) -> ExportResult:
     out = Path(config.out) if config.out else default_out(model_dir, config.outtype)
     if out.exists() and not config.force:
         raise UsageError(f"{out} already exists", hint="pass --force to replace it, or choose another --out")
+    sharing = sharing_metadata(model_dir, origin=config.origin, license=config.license, name=config.name)
     with paths.atomic_path(out, suffix=".gguf") as tmp:
         if "llama_ftype" in spec:  # llama.cpp quantizes an f32 GGUF written beside the target
             with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
                 base = Path(work) / "f32.gguf"
-                tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype="f32", path=base, tokenizer_gguf=config.tokenizer_gguf)
+                tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype="f32", path=base, tokenizer_gguf=config.tokenizer_gguf, sharing=sharing)
                 quantize_gguf(src=base, dst=tmp, llama_ftype=spec["llama_ftype"])
         else:
-            tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype=config.outtype, path=tmp, tokenizer_gguf=config.tokenizer_gguf)
+            tok, n_tensors = write_gguf(model_dir=model_dir, hf_config=hf_config, outtype=config.outtype, path=tmp, tokenizer_gguf=config.tokenizer_gguf, sharing=sharing)
         check = None
         if config.check:
             check = check_gguf(tmp, model_dir, config.prompts, thresholds=check_thresholds(config.outtype))
@@ -134,11 +139,12 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 # --- writing --------------------------------------------------------------------------
 
 
-def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path: Path, tokenizer_gguf: Path | None = None) -> tuple[GGUFTokenizer, int]:
+def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path: Path, tokenizer_gguf: Path | None = None, sharing: Sharing | None = None) -> tuple[GGUFTokenizer, int]:
     """Write metadata, tokenizer and tensors of ``model_dir`` to ``path`` (one GGUF).
 
     ``tokenizer_gguf``: a GGUF whose ``tokenizer.*`` fields to copy (default: the source
     GGUF named in ``slim.json``, if any; else they are derived from ``tokenizer.json``).
+    ``sharing``: licence, base model, tags and data set (default: from ``slim.json``).
     """
     import gguf
 
@@ -146,7 +152,9 @@ def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path
     spec = _outtype_spec(outtype)
     tok = _tokenizer(model_dir, hf_config, tokenizer_gguf=tokenizer_gguf)
     writer = gguf.GGUFWriter(str(path), fam.gguf_arch)
-    _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec)
+    sharing = sharing if sharing is not None else sharing_metadata(model_dir)
+    _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec, name=sharing.name)
+    _add_sharing(writer, sharing)
     _add_hparams(writer, arch=fam.gguf_arch, hf_config=hf_config)
     _add_tokenizer(writer, tok)
     plan = _plan_tensors(model_dir=model_dir, fam=fam, hf_config=hf_config, spec=spec)
@@ -161,7 +169,7 @@ def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path
     return tok, len(plan)
 
 
-def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spec: dict[str, Any]) -> None:
+def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spec: dict[str, Any], name: str | None = None) -> None:
     """``general.*`` and the provenance under ``ollama_slim.*``."""
     import gguf
 
@@ -169,7 +177,7 @@ def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spe
     source = prov.get("source") or {}
     base = source.get("tag") or source.get("hf_repo") or source.get("ref") or model_dir.name
     kept = prov.get("kept")
-    writer.add_name(f"{base} slim ({len(kept)} of {prov.get('num_layers')} layers)" if kept else str(base))
+    writer.add_name(name or (f"{base} slim ({len(kept)} of {prov.get('num_layers')} layers)" if kept else str(base)))
     writer.add_file_type(getattr(gguf.LlamaFileType, spec.get("file_type", "ALL_F32")))
     if spec.get("tensor_type") not in (None, "F32", "F16", "BF16"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -181,6 +189,46 @@ def _add_general(writer: Any, *, model_dir: Path, hf_config: dict[str, Any], spe
     writer.add_string(PROVENANCE_PREFIX + "bridge", str((prov.get("bridge") or {}).get("kind", "none")))
     writer.add_string(PROVENANCE_PREFIX + "data", json.dumps(prov.get("data")))
     writer.add_string(PROVENANCE_PREFIX + "provenance", json.dumps(prov, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """What a GGUF says about where it comes from, for people it is shared with."""
+
+    license: License | None
+    base_model: BaseModel | None
+    tags: tuple[str, ...]
+    datasets: tuple[str, ...]
+    name: str | None = None  # general.name, when the sharer chose one
+
+
+def sharing_metadata(model_dir: Path, *, origin: dict[str, Any] | None = None, license: str | None = None, name: str | None = None) -> Sharing:
+    """Licence, base model, tags and data set of ``model_dir`` (from ``origin`` or ``slim.json``)."""
+    prov = read_provenance(model_dir)
+    source = origin if origin is not None else (prov.get("source") or {})
+    data = prov.get("data")
+    return Sharing(license=original_license(source, override=license), base_model=base_model_of(source),
+                   tags=tuple(share_tags(source.get("arch"))), datasets=(Path(str(data)).name,) if data else (), name=name)
+
+
+def _add_sharing(writer: Any, sharing: Sharing) -> None:
+    """``general.license*``, ``general.base_model.*``, ``general.tags`` and ``general.dataset.*``."""
+    lic = sharing.license
+    if lic is not None:
+        writer.add_license(lic.hf_id if lic.hf_id != "other" else lic.id)
+        writer.add_license_name(lic.name)
+        if lic.link:
+            writer.add_license_link(lic.link)
+    if sharing.base_model is not None:
+        writer.add_base_model_count(1)
+        writer.add_base_model_name(0, sharing.base_model.name)
+        writer.add_base_model_organization(0, sharing.base_model.organization)
+        writer.add_base_model_repo_url(0, sharing.base_model.url)
+    writer.add_tags(list(sharing.tags))
+    if sharing.datasets:
+        writer.add_dataset_count(len(sharing.datasets))
+        for i, name in enumerate(sharing.datasets):
+            writer.add_dataset_name(i, name)
 
 
 def _config_value(hf_config: dict[str, Any], dotted: str) -> Any:

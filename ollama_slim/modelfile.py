@@ -230,15 +230,6 @@ def quote_value(value: str, *, prefer: tuple[str, ...] = ("bare", "double", "tri
         if got == [Command("model", "x"), Command("system", value)]:
             return form
     return None
-    forms = ([value] if value else []) + [f'"{value}"', f'"""{value}"""']
-    for form in forms:
-        try:
-            got = parse_modelfile(f"FROM x\nSYSTEM {form}\n")
-        except ModelfileSyntaxError:
-            continue
-        if got == [Command("model", "x"), Command("system", value)]:
-            return form
-    return None
 
 
 def carry_template(template: str) -> str:
@@ -450,21 +441,25 @@ def _tag_entry(ref: str) -> Any:
         return None
 
 
-def modelfile_spec_for(gguf: Path, *, chat: ChatSpec, out: Path) -> ModelfileSpec:
-    """The Modelfile contents for ``gguf`` written at ``out``: FROM, TEMPLATE, stops, licence."""
+def modelfile_spec_for(gguf: Path, *, chat: ChatSpec, out: Path, system: str | None = None, license_text: str | None = None) -> ModelfileSpec:
+    """The Modelfile contents for ``gguf`` written at ``out``: FROM, TEMPLATE, SYSTEM, stops, licence.
+
+    ``license_text``: the original's licence (its text or notice); default: the GGUF's
+    ``general.license`` id.
+    """
     gguf = Path(gguf)
     meta = gguf_strings(gguf)
-    licence = meta.get("general.license")
+    licence = license_text if license_text is not None else meta.get("general.license")
     comments = [f"Modelfile for {gguf.name}, written by ollama-slim", f"template and stop tokens from: {chat.source}"]
     if meta.get("general.name"):
         comments.append(f"model: {meta['general.name']}")
     if licence is not None and quote_value(licence) is None:
         comments.append("licence: see general.license in the GGUF (it cannot be carried by a Modelfile)")
         licence = None
-    return ModelfileSpec(from_=from_reference(gguf, out), template=chat.template, stops=chat.stops, license=licence, comments=tuple(comments))
+    return ModelfileSpec(from_=from_reference(gguf, out), template=chat.template, stops=chat.stops, system=system, license=licence, comments=tuple(comments))
 
 
-def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None) -> Path:
+def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None, system: str | None = None, license_text: str | None = None) -> Path:
     """Write the Modelfile of ``gguf`` (beside it unless ``out``); ``ollama create -f`` takes it as is."""
     out = Path(out) if out else modelfile_path_for(gguf)
-    return write_modelfile(out, modelfile_spec_for(gguf, chat=chat, out=out))
+    return write_modelfile(out, modelfile_spec_for(gguf, chat=chat, out=out, system=system, license_text=license_text))

@@ -129,6 +129,7 @@ def prune(config: PruneConfig, *, progress: Progress | None = None) -> PruneResu
     layout = RunLayout(config.root())
     say = progress or (lambda _msg: None)
     runner = StageRunner(root=layout.root, order=STAGES, redo_from=config.from_stage, on_event=lambda s, e: say(f"{s}: {e}"))
+    paths.write_json(layout.prune_record, {"command": command_line(config), "config": asdict(config)})
     plan = _Plan(config=config, layout=layout, say=say)
     for stage in STAGES:
         options, outputs, fn = plan.stage(stage)

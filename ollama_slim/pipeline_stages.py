@@ -71,7 +71,7 @@ class _Plan:
         def work() -> None:
             from .selection import SelectConfig, select_layers
 
-            select_layers(SelectConfig(source=str(self.layout.root), keep=c.keep, strategy=c.strategy, data=c.data, val_users=c.val_users,
+            select_layers(SelectConfig(source=str(self.layout.root), hf=c.hf, keep=c.keep, strategy=c.strategy, data=c.data, val_users=c.val_users,
                                        run_dir=self.layout.root, dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=self.prompt()), progress=self.say)
 
         return {"keep": c.keep, "strategy": c.strategy, "val_users": c.val_users}, [self.layout.selection], work
@@ -132,15 +132,20 @@ class _Plan:
 
         def work() -> None:
             from .export import ExportConfig, export_gguf
+            from .licensing import original_license
             from .modelfile import chat_for, write_modelfile_for
+            from .recprompt import SYSTEM_PROMPT
 
-            export_gguf(ExportConfig(model_dir=self.layout.healed_dir, outtype=c.outtype, out=self.layout.gguf, force=True))
+            result = export_gguf(ExportConfig(model_dir=self.layout.healed_dir, outtype=c.outtype, out=self.layout.gguf, force=True))
+            paths.write_json(self.layout.export_record, result.to_json())
             source_gguf = self.resolved().get("gguf_path")  # the original's own tokenizer, when it came as a GGUF
             export_gguf(ExportConfig(model_dir=Path(self.model_dir()), outtype=c.outtype, out=self.original_gguf, force=True, check=False,
-                                     tokenizer_gguf=Path(source_gguf) if source_gguf else None))
-            write_modelfile_for(self.layout.gguf, chat=chat_for(gguf=self.layout.gguf, original=self.resolved().get("tag")), out=self.layout.modelfile)
+                                     tokenizer_gguf=Path(source_gguf) if source_gguf else None, origin=self.resolved()))
+            licence = original_license(self.resolved())
+            write_modelfile_for(self.layout.gguf, chat=chat_for(gguf=self.layout.gguf, original=self.resolved().get("tag")), out=self.layout.modelfile,
+                                system=SYSTEM_PROMPT, license_text=licence.file_text() if licence else None)
 
-        return {"outtype": c.outtype}, [self.layout.gguf, self.layout.modelfile, self.original_gguf], work
+        return {"outtype": c.outtype, "modelfile": 2}, [self.layout.gguf, self.layout.modelfile, self.original_gguf, self.layout.export_record], work
 
     def _register(self) -> StageSpec:
         c = self.config

@@ -12,6 +12,13 @@ from typing import Any
 from .data import Dataset, Example
 
 
+# The task, stated as the SYSTEM message that a slim model's Modelfile carries (design §3).
+SYSTEM_PROMPT = (
+    "You are a recommender. The user lists items they interacted with, most recent last. "
+    "Answer with the title of the one item they are most likely to want next, and nothing else."
+)
+
+
 @dataclass(frozen=True)
 class PromptConfig:
     """``history`` items in the prompt, each title cut to ``title_words`` words;

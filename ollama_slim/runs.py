@@ -71,6 +71,21 @@ class RunLayout:
         return self.root / "report.md"
 
     @property
+    def prune_record(self) -> Path:
+        """The ``prune`` command and options that made the run (``share`` quotes them)."""
+        return self.root / "prune.json"
+
+    @property
+    def export_record(self) -> Path:
+        """The export result with its llama.cpp acceptance figures."""
+        return self.root / "export.json"
+
+    @property
+    def share_record(self) -> Path:
+        """What ``share`` published (Hub repo, Ollama name) and with which files."""
+        return self.root / "share.json"
+
+    @property
     def state(self) -> Path:
         """Stage bookkeeping for `prune`: the inputs hash each stage ran with."""
         return self.root / "state.json"

@@ -74,6 +74,7 @@ class TagEntry:
     arch: str
     chat: str
     package: dict[str, Any] | None = None
+    license: str | None = None  # the original's licence id (_data/licenses.json)
 
 
 @cache
@@ -94,7 +95,7 @@ def lookup(name: OllamaName) -> TagEntry | None:
     if row is None:
         return None
     tag = f"{name.model}:{row.get('alias_of', name.tag)}"
-    return TagEntry(tag=tag, hf_repo=row["hf_repo"], arch=row["arch"], chat=row["chat"], package=row.get("package"))
+    return TagEntry(tag=tag, hf_repo=row["hf_repo"], arch=row["arch"], chat=row["chat"], package=row.get("package"), license=row.get("license"))
 
 
 def nearest(text: str, n: int = 3) -> list[str]:

@@ -3,8 +3,10 @@
 It keeps blobs and manifests in Ollama's on-disk layout, checks what Ollama checks
 (sha256 of uploaded blobs, digest format, model names, ``files`` paths, GGUF magic,
 template syntax), answers ``/api/generate`` and ``/api/chat`` with llama-cpp-python on the
-registered GGUF (nanosecond timing fields as Ollama reports them), and can simulate
-failures: refuse connections (stopped), answer slowly, answer 5xx, or cut uploads off.
+registered GGUF (nanosecond timing fields as Ollama reports them), copies models and pushes
+them to an in-memory "remote registry" (``registry``: pushed name -> digest) with Ollama's
+streamed progress, and can simulate failures: refuse connections (stopped), answer slowly,
+answer 5xx, cut uploads off, or break a push mid-stream (an error line, or a cut connection).
 
 Written from Ollama's docs/api.md and server code (routes.go, create.go, types/model/name.go);
 no code of theirs is copied.
@@ -14,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +46,10 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class CutStream(Exception):
+    """Raised inside a streamed answer: drop the connection without finishing the stream."""
 
 
 # --------------------------------------------------------------------------- names, as Ollama reads them
@@ -201,6 +210,8 @@ class Faults:
     delay_s: dict[str, float] = field(default_factory=dict)
     fail: dict[str, list[int]] = field(default_factory=dict)  # statuses to answer, consumed in order
     cut_uploads: int = 0  # the next N blob uploads are cut off half-way
+    push_errors: list[str] = field(default_factory=list)  # the next pushes end with these error lines after one layer
+    cut_pushes: int = 0  # the next N pushes lose their connection after one layer
 
 
 class Store:
@@ -254,6 +265,9 @@ class Store:
         path = self.root / "manifests" / Path(*model.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(manifest))
+
+    def manifest(self, model: Model) -> dict[str, Any]:
+        return json.loads((self.root / "manifests" / Path(*model.name)).read_text())
 
     def delete(self, model: Model) -> None:
         with self.lock:
@@ -417,7 +431,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(json.dumps(item).encode() + b"\n")
         except ApiError as err:
             self._chunk(json.dumps({"error": err.message}).encode() + b"\n")
+        except CutStream:
+            return self.cut()
         self._chunk(b"")
+
+    def empty(self, status: int) -> None:
+        """A status with no body (what gin's ``c.Status`` sends)."""
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -446,6 +468,9 @@ class OllamaStandIn:
         self.requests: list[tuple[str, str]] = []
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self.uploads = 0
+        self.registry: dict[str, str] = {}  # the remote registry: name as `display` writes it -> digest (sha256:...)
+        self.remote_blobs: set[str] = set()  # layers the registry holds (a push sends them again at once)
+        self.pushes: list[str] = []  # names pushed to the end, in order
         self._httpd: _Server | None = None
         self.port = 0
 
@@ -490,6 +515,7 @@ class OllamaStandIn:
             ("POST", "/api/create"): self._create, ("POST", "/api/show"): self._show,
             ("DELETE", "/api/delete"): self._delete, ("POST", "/api/generate"): self._generate,
             ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/copy"): self._copy, ("POST", "/api/push"): self._push,
         }
         if path.startswith("/api/blobs/") and method in ("HEAD", "POST"):
             return self._head_blob if method == "HEAD" else self._post_blob
@@ -635,6 +661,77 @@ class OllamaStandIn:
         self.store.delete(model)
         h._json(200, {})
 
+    def _copy(self, h: _Handler) -> None:
+        """``/api/copy``: a second manifest for the same layers; 200 with no body."""
+        req = h.read_json()
+        src_text, dst_text = req.get("source") or "", req.get("destination") or ""
+        if parse_name(src_text) is None:
+            raise ApiError(400, f"source {json.dumps(src_text)} is invalid")
+        dst = parse_name(dst_text)
+        if dst is None:
+            raise ApiError(400, f"destination {json.dumps(dst_text)} is invalid")
+        with self.store.lock:
+            src = self.store.find(src_text)
+            if src is None:
+                raise ApiError(404, f"model {json.dumps(src_text)} not found")
+            self.store.save(dst, src.digest, src.template, src.params)
+        h.empty(200)
+
+    # the remote registry
+    def _push(self, h: _Handler) -> None:
+        """``/api/push``: streamed progress (or only the last line); errors after the first line are lines."""
+        req = h.read_json()
+        text = req.get("model") or req.get("name")
+        if not text:
+            raise ApiError(400, "model is required")
+        steps = self._push_steps(text)
+        if req.get("stream", True):
+            return h.stream(steps)
+        final: dict[str, Any] = {}
+        try:
+            for final in steps:
+                pass
+        except ApiError as err:
+            return h._json(500, {"error": err.message})
+        except CutStream:
+            return h.cut()
+        h._json(200, final)
+
+    def _push_steps(self, text: str) -> Iterator[dict[str, Any]]:
+        yield {"status": "retrieving manifest"}
+        model = self.store.find(text)
+        if model is None:
+            yield {"status": "couldn't retrieve manifest"}
+            raise ApiError(500, f"open {self.store.root / 'manifests' / Path(*parse_name(text))}: no such file or directory")
+        if model.name[:2] == ("registry.ollama.ai", "library"):
+            raise ApiError(401, "unauthorized: access denied")  # the registry's answer to a namespace you do not own
+        manifest = self.store.manifest(model)
+        for i, layer in enumerate([*manifest["layers"], manifest["config"]]):
+            yield from self._push_layer(layer["digest"], layer["size"])
+            if i == 0:
+                self._push_fault()
+        yield {"status": "pushing manifest"}
+        self.registry[display(model.name)] = model.digest
+        self.pushes.append(display(model.name))
+        yield {"status": "success"}
+
+    def _push_layer(self, digest: str, size: int, parts: int = 4) -> Iterator[dict[str, Any]]:
+        """A layer's progress as Ollama reports it: all at once when the registry has it."""
+        head = {"status": f"pushing {digest[7:19]}", "digest": digest, "total": size}
+        if digest in self.remote_blobs:
+            yield {**head, "completed": size}
+            return
+        for k in range(parts + 1):
+            yield {**head, "completed": size * k // parts}
+        self.remote_blobs.add(digest)
+
+    def _push_fault(self) -> None:
+        if self.faults.push_errors:
+            raise ApiError(500, self.faults.push_errors.pop(0))
+        if self.faults.cut_pushes > 0:
+            self.faults.cut_pushes -= 1
+            raise CutStream()
+
     # inference
     def _generate(self, h: _Handler) -> None:
         req = h.read_json()
@@ -703,3 +800,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture()
+def real_ollama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The URL of a real ``ollama serve`` with its store in a temp dir; skips without the binary."""
+    binary = shutil.which("ollama")
+    if binary is None:
+        pytest.skip("no ollama binary on PATH")
+    port = free_port()
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path / "real-models")}
+    proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

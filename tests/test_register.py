@@ -6,9 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +13,7 @@ import ollama
 import pytest
 from click.testing import CliRunner
 from gguf_files import SLIM_LAYERS, smollm2_gguf, tiny_gguf  # noqa: F401 - fixtures
-from ollama_server import OllamaStandIn, free_port, ollama_server  # noqa: F401 - fixtures
+from ollama_server import OllamaStandIn, free_port, ollama_server, real_ollama  # noqa: F401 - fixtures
 
 from ollama_slim.cli import main
 from ollama_slim.errors import ExportError, OllamaError, UsageError
@@ -209,27 +206,6 @@ def test_registered_model_generates_with_llama_cpp(ollama_server: OllamaStandIn,
 
 
 # --------------------------------------------------------------------------- a real Ollama, when there is one
-
-
-@pytest.fixture()
-def real_ollama(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    binary = shutil.which("ollama")
-    if binary is None:
-        pytest.skip("no ollama binary on PATH")
-    port = free_port()
-    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path / "real-models")}
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 @pytest.mark.slow

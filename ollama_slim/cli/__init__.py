@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import SlimError
 
 # command modules; each defines `command` (a click.Command)
-_COMMANDS = ["resolve", "eval", "score", "select", "build", "finetune", "export", "register", "bench", "prune"]
+_COMMANDS = ["resolve", "eval", "score", "select", "build", "finetune", "export", "register", "bench", "prune", "share"]
 
 
 class SlimGroup(click.Group):
