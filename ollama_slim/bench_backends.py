@@ -133,7 +133,8 @@ def _open_ollama(config: BenchConfig) -> OllamaSession:
 
 
 def gguf_for(ref: str) -> Path:
-    """The GGUF of ``ref``: a file, a run directory, or an Ollama tag (store, package, resolve)."""
+    """The GGUF of ``ref``: a file, a run directory, ``hf.co/USER/REPO[:QUANT]``, or an Ollama tag (store, package, resolve)."""
+    from .hub import parse_hf_ref, ref_gguf
     from .sources import ollama_blob, package_gguf, resolve
     from .tags import lookup
 
@@ -142,6 +143,9 @@ def gguf_for(ref: str) -> Path:
         return find_gguf(path)
     if ref.endswith(".gguf"):
         raise UsageError(f"{ref} does not exist", hint="check the path")
+    hf_ref = parse_hf_ref(ref)
+    if hf_ref is not None:
+        return ref_gguf(hf_ref)[0]
     name = parse_name(ref)
     found = ollama_blob(name)
     entry = lookup(name)

