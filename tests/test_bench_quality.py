@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ollama_slim.data import load_dataset
-from ollama_slim.evaluate import prepare_cases, score_cases
-from ollama_slim.modeling import load
-from ollama_slim.scorers import TransformersScorer
+from ollama_slim.recsys.data import load_dataset
+from ollama_slim.recsys.evaluate import prepare_cases, score_cases
+from ollama_slim.models.modeling import load
+from ollama_slim.recsys.scorers import TransformersScorer
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_quality.py"
 

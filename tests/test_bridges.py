@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ollama_slim import bridges as br
-from ollama_slim.build import save_compact, slice_model
-from ollama_slim.modeling import load
+from ollama_slim.slimming import bridges as br
+from ollama_slim.slimming.build import save_compact, slice_model
+from ollama_slim.models.modeling import load
 
 KINDS = sorted(br.BRIDGES)
 FIT_KINDS = [k for k in KINDS if k != "none"]
@@ -58,7 +58,7 @@ def test_fit_rows_leave_out_position_zero_and_padding() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
 def test_folded_model_equals_bridged_model(arch: str, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    from ollama_slim.export import check_gguf, write_gguf, _read_config
+    from ollama_slim.gguf.export import check_gguf, write_gguf, _read_config
 
     model_dir = request.getfixturevalue(arch)
     original, _ = load(model_dir)
@@ -111,8 +111,8 @@ def test_calibration_batches_come_from_train_prompts(tiny_llama: Path, tmp_path:
     import json
 
     from conftest import _CORPUS
-    from ollama_slim.data import load_dataset
-    from ollama_slim.modeling import load_tokenizer
+    from ollama_slim.recsys.data import load_dataset
+    from ollama_slim.models.modeling import load_tokenizer
 
     (tmp_path / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": t}) + "\n" for i, t in enumerate(_CORPUS[:6])))
     rows = ["user_id\titem_id\ttimestamp"] + [f"{u}\t{(u + k) % 6}\t{k}" for u in range(5) for k in range(5)]
@@ -127,7 +127,7 @@ def test_calibration_batches_come_from_train_prompts(tiny_llama: Path, tmp_path:
 @pytest.mark.slow
 def test_folding_is_exact_on_smollm2_and_exports_to_llama_cpp(smollm2, tmp_path: Path) -> None:
     """SmolLM2-135M, keep 10 of 30: every kind folds exactly; the folded models run in llama.cpp."""
-    from ollama_slim.export import _read_config, check_gguf, write_gguf
+    from ollama_slim.gguf.export import _read_config, check_gguf, write_gguf
 
     original, tokenizer = load(smollm2.model_dir)
     calibration = [tokenizer("<|im_start|>" + text).input_ids for text in (

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ollama_slim.build import BuildConfig, build_compact, parse_layers, slice_model, validate_layers
+from ollama_slim.slimming.build import BuildConfig, build_compact, parse_layers, slice_model, validate_layers
 from ollama_slim.cli import main
 from ollama_slim.errors import SelectionError, UsageError
-from ollama_slim.modeling import load
+from ollama_slim.models.modeling import load
 
 IDS = [[340, 91, 323, 280, 300, 302, 17, 45, 99, 120, 7, 250, 33, 64, 81, 200]]
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ollama_slim.cli import main
-from ollama_slim.data import CandidateSampler, Dataset, examples, load_dataset, make_dataset, select_users, train_popularity
+from ollama_slim.recsys.data import CandidateSampler, Dataset, examples, load_dataset, make_dataset, select_users, train_popularity
 from ollama_slim.errors import DataError
 
 # --- writers of the official formats ------------------------------------------------------
@@ -324,7 +324,7 @@ def test_more_negatives_than_items_is_a_clear_error() -> None:
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ollama_slim.data.records import Interactions, clean_title  # noqa: E402
+from ollama_slim.recsys.data.records import Interactions, clean_title  # noqa: E402
 
 _SPECIALS = ["\t", '"', "'", "\\", "&amp;", "&lt;b&gt;", "&#39;", "&quot;", "&nbsp;", "  ", "\U0001f3a7", "\U0001f600", "é", "|", ":", "\u2028", "\x85"]
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=6)

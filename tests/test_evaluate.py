@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 
 from ollama_slim.cli import main
-from ollama_slim.data import load_dataset, make_dataset
+from ollama_slim.recsys.data import load_dataset, make_dataset
 from ollama_slim.errors import DataError, SelectionError, UsageError
-from ollama_slim.evaluate import EvalConfig, encode_case, evaluate, prepare_cases
-from ollama_slim.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline, target_ranks
-from ollama_slim.modeling import load
-from ollama_slim.scorers import TransformersScorer, layer_subset
-from ollama_slim.scoring import score_naive
+from ollama_slim.recsys.evaluate import EvalConfig, encode_case, evaluate, prepare_cases
+from ollama_slim.recsys.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline, target_ranks
+from ollama_slim.models.modeling import load
+from ollama_slim.recsys.scorers import TransformersScorer, layer_subset
+from ollama_slim.models.scoring import score_naive
 
 # --- metrics ----------------------------------------------------------------------------------
 
@@ -200,8 +200,8 @@ def test_cli_eval_broken_gguf_is_one_line(tmp_path: Path, amazon_dir: Path) -> N
 def test_llama_cpp_scorer_equals_transformers_on_an_f32_gguf(tiny_llama: Path, tiny_scorer: TransformersScorer, tmp_path: Path) -> None:
     """Same token ids, same weights (f32 export): llama.cpp reusing the prompt's KV cache
     across candidates gives the transformers scores, and evaluate() the same ranks."""
-    export = pytest.importorskip("ollama_slim.export")
-    from ollama_slim.scorers import LlamaCppScorer
+    export = pytest.importorskip("ollama_slim.gguf.export")
+    from ollama_slim.recsys.scorers import LlamaCppScorer
 
     gguf = tmp_path / "tiny-f32.gguf"
     export.export_gguf(export.ExportConfig(model_dir=tiny_llama, outtype="f32", out=gguf, check=False))
@@ -217,7 +217,7 @@ def test_llama_cpp_scorer_equals_transformers_on_an_f32_gguf(tiny_llama: Path, t
 
 
 def test_llama_cpp_backend_refuses_layer_subsets(tmp_path: Path) -> None:
-    from ollama_slim.scorers import LlamaCppScorer
+    from ollama_slim.recsys.scorers import LlamaCppScorer
 
     scorer = LlamaCppScorer.__new__(LlamaCppScorer)  # no model needed to check the guard
     with pytest.raises(UsageError, match="needs the transformers backend"):
@@ -247,7 +247,7 @@ def test_shared_prefix_equals_naive_on_smollm2(smol_scorer: TransformersScorer, 
 def test_gguf_scorer_agrees_with_transformers(smollm2, smol_scorer: TransformersScorer, amazon_dir: Path) -> None:
     """The Q4_1 GGUF through llama.cpp vs its dequantized weights through transformers:
     the same token ids, scores equal up to llama.cpp's quantized matmuls."""
-    from ollama_slim.scorers import LlamaCppScorer
+    from ollama_slim.recsys.scorers import LlamaCppScorer
 
     gguf = LlamaCppScorer(smollm2.gguf_path)
     ds = load_dataset(amazon_dir)

@@ -12,12 +12,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ollama_slim.build import BuildConfig, build_compact
+from ollama_slim.slimming.build import BuildConfig, build_compact
 from ollama_slim.cli import main
 from ollama_slim.errors import ExportError, UsageError
-from ollama_slim.export import ExportConfig, check_gguf, export_gguf
-from ollama_slim.gguf_tokenizer import pre_tokenizer_name
-from ollama_slim.modeling import load
+from ollama_slim.gguf.export import ExportConfig, check_gguf, export_gguf
+from ollama_slim.gguf.tokenizer import pre_tokenizer_name
+from ollama_slim.models.modeling import load
 
 KEPT = (0, 2, 5)
 S10 = "0,1,2,3,10,11,20,27,28,29"
@@ -106,7 +106,7 @@ def test_round_trip_untied_qwen3(tiny_tokenizer_dir: Path, tmp_path: Path) -> No
 
 
 def test_check_catches_a_broken_export(compact_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ollama_slim.export as export
+    import ollama_slim.gguf.export as export
 
     monkeypatch.setattr(export, "_permute_for_rope", lambda array, **_: array)  # forget llama.cpp's rope layout
     out = tmp_path / "out" / "broken.gguf"

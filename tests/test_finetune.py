@@ -15,7 +15,7 @@ import torch
 
 from conftest import _CORPUS
 
-from ollama_slim import finetune as ft
+from ollama_slim.slimming import finetune as ft
 from ollama_slim.errors import RunError, UsageError
 
 
@@ -49,8 +49,8 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_title_loss_matches_scoring_title_nll(tiny_llama: Path) -> None:
-    from ollama_slim.modeling import load_model
-    from ollama_slim.scoring import title_nll
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.models.scoring import title_nll
 
     model = load_model(tiny_llama)
     batch = [([1, 5, 9, 12], [30, 31, 32]), ([1, 7], [40, 41])]
@@ -62,7 +62,7 @@ def test_title_loss_matches_scoring_title_nll(tiny_llama: Path) -> None:
 
 
 def test_title_logits_equal_a_full_forward_then_indexing(tiny_llama: Path) -> None:
-    from ollama_slim.modeling import load_model
+    from ollama_slim.models.modeling import load_model
 
     model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
     batch = [([1, 5, 9, 12], [30, 31, 32]), ([1, 7], [40, 41]), ([1, 8, 8, 8, 8, 8], [50])]
@@ -80,7 +80,7 @@ def test_title_logits_equal_a_full_forward_then_indexing(tiny_llama: Path) -> No
 
 
 def test_packed_candidate_scores_equal_separate_forwards(tiny_llama: Path, tiny_qwen2: Path) -> None:
-    from ollama_slim.modeling import load_model
+    from ollama_slim.models.modeling import load_model
 
     rows = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51]]), ([1, 7], [[60, 61], [62, 63, 64, 65], [66]])]
     for path in (tiny_llama, tiny_qwen2):
@@ -101,7 +101,7 @@ def test_packed_candidate_scores_equal_separate_forwards(tiny_llama: Path, tiny_
 
 
 def test_rank_loss_trains_lora_and_decreases(tiny_llama: Path) -> None:
-    from ollama_slim.modeling import load_model
+    from ollama_slim.models.modeling import load_model
 
     torch.manual_seed(0)
     model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
@@ -121,7 +121,7 @@ def test_rank_loss_trains_lora_and_decreases(tiny_llama: Path) -> None:
 
 
 def test_negatives_are_seeded_per_step_and_never_seen(tiny_data: Path) -> None:
-    from ollama_slim.data import examples, load_dataset
+    from ollama_slim.recsys.data import examples, load_dataset
 
     dataset = load_dataset(str(tiny_data))
     train = examples(dataset, split="train", history=5)
@@ -147,7 +147,7 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 
 def test_lora_finetune_lowers_the_loss_and_saves_a_plain_model(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
-    from ollama_slim.modeling import load_model
+    from ollama_slim.models.modeling import load_model
 
     seen: list[ft.FinetuneProgress] = []
     result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", steps=12), on_step=seen.append)
@@ -252,8 +252,8 @@ def test_bad_options_are_one_line_errors(tiny_llama: Path, tiny_data: Path, tmp_
 
 
 def test_trained_bridges_fold_into_the_saved_model(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
-    from ollama_slim.build import save_compact, slice_model
-    from ollama_slim.modeling import load
+    from ollama_slim.slimming.build import save_compact, slice_model
+    from ollama_slim.models.modeling import load
 
     model, tokenizer = load(tiny_llama)
     compact_dir = tmp_path / "compact"
@@ -271,7 +271,7 @@ def test_trained_bridges_fold_into_the_saved_model(tiny_llama: Path, tiny_data: 
 _KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from ollama_slim import finetune as ft
+from ollama_slim.slimming import finetune as ft
 config = ft.FinetuneConfig(model=sys.argv[1], data=sys.argv[2], out_dir=Path(sys.argv[3]), steps=40, lora_rank=4, lr=5e-3, batch_size=4, checkpoint_every=1, seed=3)
 ft.finetune(config, on_step=lambda p: print("step", p.step, flush=True))
 """

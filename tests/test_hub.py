@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from gguf_files import tiny_gguf
 from hub_server import READ_TOKEN, WRITE_TOKEN, HubStandIn, hf_hub  # noqa: F401 - fixture
 from ollama_slim.errors import HubError, SourceError, UsageError
-from ollama_slim.hub import HfRef, check_repo_id, gguf_quants, ollama_store_name, parse_hf_ref, pick_gguf, publish_hf
+from ollama_slim.sharing.hub import HfRef, check_repo_id, gguf_quants, ollama_store_name, parse_hf_ref, pick_gguf, publish_hf
 from toy_data import write_toy_data
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
@@ -262,7 +262,7 @@ def test_pick_gguf_errors_list_the_quants() -> None:
 
 
 def test_backend_for_hf_refs() -> None:
-    from ollama_slim.scorers import backend_for
+    from ollama_slim.recsys.scorers import backend_for
 
     assert backend_for("hf.co/alice/smollm2-slim:Q8_0") == "llama-cpp"
     assert backend_for("hf.co/alice/smollm2-slim", "transformers") == "transformers"
@@ -295,7 +295,7 @@ def test_ollama_store_names_match_case_insensitively(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_q8(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ollama_slim.export import ExportConfig, export_gguf
+    from ollama_slim.gguf.export import ExportConfig, export_gguf
 
     out = tmp_path_factory.mktemp("tiny-q8") / "tiny-slim-Q8_0.gguf"
     export_gguf(ExportConfig(model_dir=tiny_llama, outtype="q8_0", out=out, check=False))
@@ -310,7 +310,7 @@ def tiny_repo(hf_hub: HubStandIn, tiny_q8: Path, tmp_path: Path) -> HubStandIn:
 
 
 def _toy_dataset():
-    from ollama_slim.data import make_dataset
+    from ollama_slim.recsys.data import make_dataset
 
     titles = {i: t for i, t in enumerate(["Sony wireless headphones black", "Logitech wireless mouse", "Samsung microSD memory card",
                                           "Anker USB C charger", "Canon camera lens cap", "HDMI cable high speed"] * 3)}
@@ -320,8 +320,8 @@ def _toy_dataset():
 def test_resolve_downloads_the_named_quant(tiny_repo: HubStandIn, tiny_q8: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as constants
 
-    from ollama_slim.bench_backends import gguf_for
-    from ollama_slim.sources import resolve
+    from ollama_slim.bench.backends import gguf_for
+    from ollama_slim.models.sources import resolve
 
     resolved = resolve("hf.co/alice/tiny-slim:q8_0")
     assert resolved.source == "hf-gguf" and resolved.tag == "hf.co/alice/tiny-slim:q8_0" and resolved.arch == "llama" and resolved.num_layers == 6
@@ -339,7 +339,7 @@ def test_resolve_downloads_the_named_quant(tiny_repo: HubStandIn, tiny_q8: Path,
 def test_hf_ref_errors(tiny_repo: HubStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as constants
 
-    from ollama_slim.sources import resolve
+    from ollama_slim.models.sources import resolve
 
     with pytest.raises(SourceError) as err:
         resolve("hf.co/alice/tiny-slim:Q5_K_M")
@@ -353,7 +353,7 @@ def test_hf_ref_errors(tiny_repo: HubStandIn, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_the_ollama_store_comes_first(tiny_repo: HubStandIn, tiny_q8: Path) -> None:
-    from ollama_slim.sources import resolve
+    from ollama_slim.models.sources import resolve
 
     blob = _seed_ollama_store(Path(os.environ["OLLAMA_MODELS"]), ("hf.co", "alice", "tiny-slim", "Q8_0"), tiny_q8.read_bytes())
     before = len(tiny_repo.requests)
@@ -362,7 +362,7 @@ def test_the_ollama_store_comes_first(tiny_repo: HubStandIn, tiny_q8: Path) -> N
 
 
 def test_evaluate_an_hf_ref_scores_the_shipped_gguf(tiny_repo: HubStandIn, tiny_q8: Path) -> None:
-    from ollama_slim.evaluate import EvalConfig, evaluate
+    from ollama_slim.recsys.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(data="toy", users=3, negatives=5, history=3, resamples=50, threads=1)
     ds = _toy_dataset()

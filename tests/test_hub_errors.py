@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from ollama_slim.errors import SourceError
-from ollama_slim.sources import resolve
+from ollama_slim.models.sources import resolve
 
 
 def _handler(status: int, code: str) -> type[BaseHTTPRequestHandler]:

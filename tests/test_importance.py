@@ -12,17 +12,17 @@ import torch
 from click.testing import CliRunner
 
 from ollama_slim.cli import main
-from ollama_slim.data import CandidateSampler, load_dataset
+from ollama_slim.recsys.data import CandidateSampler, load_dataset
 from ollama_slim.errors import UsageError
-from ollama_slim.families import family_of, get_module
-from ollama_slim.importance import (
+from ollama_slim.models.families import family_of, get_module
+from ollama_slim.slimming.importance import (
     METHODS, LayerRunner, PrefixCache, ScoreConfig, SubsetEvaluator, build_probe, mean_rank, probe_examples, score_layers,
     shapley_contributions,
 )
-from ollama_slim.modeling import load
-from ollama_slim.recprompt import PromptConfig, candidate_text, encode_candidates, encode_example, encode_prompt, prompt_text
-from ollama_slim.scorers import layer_subset
-from ollama_slim.scoring import score_shared_prefix, title_nll
+from ollama_slim.models.modeling import load
+from ollama_slim.recsys.prompt import PromptConfig, candidate_text, encode_candidates, encode_example, encode_prompt, prompt_text
+from ollama_slim.recsys.scorers import layer_subset
+from ollama_slim.models.scoring import score_shared_prefix, title_nll
 from toy_data import write_toy_data
 
 IDENTITY = 3  # the layer made an exact identity in `identity_llama`
@@ -151,7 +151,7 @@ def test_shapley_efficiency_and_standard_errors(identity_scores) -> None:
 
 def test_fisher_and_gradnorm_follow_their_definitions(tiny) -> None:
     """Fisher: mean over examples of each layer's summed squared gradient; gradnorm: norm of the mean gradient."""
-    from ollama_slim.importance.methods import ScoringContext, fisher, gradnorm
+    from ollama_slim.slimming.importance.methods import ScoringContext, fisher, gradnorm
 
     model, tokenizer, dataset = tiny
     items = probe_examples(dataset, split="train", users=3)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_slim.errors import ExportError
-from ollama_slim.modelfile import (
+from ollama_slim.ollama.modelfile import (
     ChatSpec,
     Command,
     ModelfileSpec,
@@ -172,8 +172,8 @@ def test_carry_template_never_breaks(template: str) -> None:
 
 
 def _packaged_smollm2() -> Path:
-    from ollama_slim.sources import package_gguf
-    from ollama_slim.tags import lookup, parse_name
+    from ollama_slim.models.sources import package_gguf
+    from ollama_slim.models.tags import lookup, parse_name
 
     path = package_gguf(lookup(parse_name("smollm2:135m")).package)
     if path is None:
@@ -246,7 +246,7 @@ def test_unreadable_or_broken_modelfile_names_the_file(tmp_path: Path) -> None:
 
 
 def test_recorded_source_counts_only_when_it_is_an_ollama_tag() -> None:
-    from ollama_slim.modelfile import original_of
+    from ollama_slim.ollama.modelfile import original_of
 
     assert original_of({"ollama_slim.provenance": '{"source": {"tag": "smollm2:135m", "chat": "chatml"}}'}) == ("smollm2:135m", "chatml")
     assert original_of({"ollama_slim.source": "/root/.cache/ollama-slim/models/SmolLM2-747cb1f0"}) == (None, None)

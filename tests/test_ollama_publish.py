@@ -12,11 +12,11 @@ import pytest
 from gguf_files import smollm2_gguf, tiny_gguf  # noqa: F401 - fixtures
 from ollama_server import OllamaStandIn, free_port, ollama_server, real_ollama  # noqa: F401 - fixtures
 
-import ollama_slim.ollama_publish as publish_module
+import ollama_slim.ollama.publish as publish_module
 from ollama_slim.errors import OllamaError, RunError, UsageError
-from ollama_slim.ollama_api import ApiOptions
-from ollama_slim.ollama_publish import PushProgress, listed_digests, publish_ollama, push
-from ollama_slim.register import register
+from ollama_slim.ollama.api import ApiOptions
+from ollama_slim.ollama.publish import PushProgress, listed_digests, publish_ollama, push
+from ollama_slim.ollama.register import register
 
 FAST = ApiOptions(timeout_s=5.0, retries=3, backoff_s=0.01)
 SOURCE, DEST = "smollm2-slim", "me/smollm2-slim"

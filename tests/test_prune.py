@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file
 
 from ollama_slim.cli import main
-from ollama_slim.pipeline import PruneConfig, command_line, prune
+from ollama_slim.pipeline.prune import PruneConfig, command_line, prune
 from hub_server import hf_hub  # noqa: F401 - fixture
 
 pytest_plugins: list[str] = []
@@ -164,8 +164,8 @@ def test_share_the_quickstart_run(finished_run, server, hf_hub, tmp_path: Path) 
     from gguf import GGUFReader
     from huggingface_hub import ModelCard
 
-    from ollama_slim.licensing import license_by_id
-    from ollama_slim.modelfile import read_modelfile
+    from ollama_slim.models.licensing import license_by_id
+    from ollama_slim.ollama.modelfile import read_modelfile
 
     config, _ = finished_run
     out = tmp_path / "hub"

@@ -17,11 +17,11 @@ from ollama_server import OllamaStandIn, free_port, ollama_server, real_ollama  
 
 from ollama_slim.cli import main
 from ollama_slim.errors import ExportError, OllamaError, UsageError
-from ollama_slim.modelfile import chat_family, read_modelfile
-from ollama_slim.ollama_api import ApiOptions
-from ollama_slim.register import register
-from ollama_slim.sources import ollama_blob
-from ollama_slim.tags import parse_name
+from ollama_slim.ollama.modelfile import chat_family, read_modelfile
+from ollama_slim.ollama.api import ApiOptions
+from ollama_slim.ollama.register import register
+from ollama_slim.models.sources import ollama_blob
+from ollama_slim.models.tags import parse_name
 
 CHATML = chat_family("chatml")
 FAST = dict(timeout_s=5.0, retries=3, backoff_s=0.01)
@@ -240,7 +240,7 @@ def test_an_edited_modelfile_beside_the_gguf_is_used(ollama_server: OllamaStandI
 
 
 def test_a_read_only_directory_does_not_stop_registration(ollama_server: OllamaStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ollama_slim.register as reg
+    import ollama_slim.ollama.register as reg
 
     def refuse(path, spec):
         raise PermissionError(13, "Permission denied", str(path))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ollama_slim.retained import retained_on_lift
+from ollama_slim.recsys.retained import retained_on_lift
 
 
 def test_retained_is_share_of_lift_not_raw_ratio() -> None:

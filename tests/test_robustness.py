@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ollama_slim.errors import SourceError
-from ollama_slim.sources import resolve
+from ollama_slim.models.sources import resolve
 
 
 def test_truncated_safetensors(tmp_path: Path, tiny_llama: Path) -> None:
@@ -51,7 +51,7 @@ def test_gguf_of_unsupported_architecture_writes_nothing(tmp_path: Path) -> None
 _EXPORT = """
 import sys
 from pathlib import Path
-from ollama_slim.export import ExportConfig, export_gguf
+from ollama_slim.gguf.export import ExportConfig, export_gguf
 export_gguf(ExportConfig(model_dir=Path(sys.argv[1]), outtype="f32", out=Path(sys.argv[2]), force=True, check=False))
 """
 

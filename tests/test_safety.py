@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from ollama_slim.cli import main
 from ollama_slim.errors import SourceError
-from ollama_slim.modeling import LoadOptions
-from ollama_slim.sources import resolve
+from ollama_slim.models.modeling import LoadOptions
+from ollama_slim.models.sources import resolve
 
 SOURCE = Path(__file__).resolve().parents[1] / "ollama_slim"
 

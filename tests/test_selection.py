@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from ollama_slim import paths
 from ollama_slim.cli import main
 from ollama_slim.errors import RunError, SelectionError, UsageError
-from ollama_slim.importance import ScoreConfig, score_layers
-from ollama_slim.selection import STRATEGIES, SelectConfig, check_target, select_layers
+from ollama_slim.slimming.importance import ScoreConfig, score_layers
+from ollama_slim.slimming.selection import STRATEGIES, SelectConfig, check_target, select_layers
 from toy_data import write_toy_data
 
 

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from ollama_slim.cli import main
 from ollama_slim.errors import UsageError
-from ollama_slim.licensing import license_by_id, original_license, require_license
-from ollama_slim.modelfile import read_modelfile
-from ollama_slim.pipeline import PruneConfig, prune
-from ollama_slim.recprompt import SYSTEM_PROMPT
-from ollama_slim.share import ShareConfig, normalise_quants, prepare_share, share_name
+from ollama_slim.models.licensing import license_by_id, original_license, require_license
+from ollama_slim.ollama.modelfile import read_modelfile
+from ollama_slim.pipeline.prune import PruneConfig, prune
+from ollama_slim.recsys.prompt import SYSTEM_PROMPT
+from ollama_slim.sharing.share import ShareConfig, normalise_quants, prepare_share, share_name
 from toy_data import write_toy_data
 
 LLAMA_NOTICE = "Llama 3.2 is licensed under the Llama 3.2 Community License, Copyright © Meta Platforms, Inc. All Rights Reserved."

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from ollama_slim.cli import main
 from ollama_slim.errors import SourceError, UnknownTagError, UnsupportedArchitectureError, UsageError
-from ollama_slim.sources import resolve
-from ollama_slim.tags import default_slim_name, lookup, parse_name
+from ollama_slim.models.sources import resolve
+from ollama_slim.models.tags import default_slim_name, lookup, parse_name
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ollama_slim.errors import UsageError
-from ollama_slim.stages import StageRunner
+from ollama_slim.pipeline.runner import StageRunner
 
 ORDER = ("a", "b", "c")
 

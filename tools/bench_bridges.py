@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from ollama_slim import bridges as br
-from ollama_slim.build import read_selection, slice_model
-from ollama_slim.data import examples, load_dataset, select_users
-from ollama_slim.modeling import load
-from ollama_slim.recprompt import PromptConfig, encode_example
-from ollama_slim.scoring import title_nll
-from ollama_slim.sources import resolve
+from ollama_slim.slimming import bridges as br
+from ollama_slim.slimming.build import read_selection, slice_model
+from ollama_slim.recsys.data import examples, load_dataset, select_users
+from ollama_slim.models.modeling import load
+from ollama_slim.recsys.prompt import PromptConfig, encode_example
+from ollama_slim.models.scoring import title_nll
+from ollama_slim.models.sources import resolve
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"  # `select --keep 10` (ranked, defaults) on SmolLM2 + Amazon in this project
 
@@ -61,8 +61,8 @@ def mean_title_loss(model, pairs: list[tuple[list[int], list[int]]], *, pad_id: 
 
 
 def val_ndcg(model, tokenizer, dataset, args: argparse.Namespace) -> dict:
-    from ollama_slim.evaluate import EvalConfig, evaluate
-    from ollama_slim.scorers import TransformersScorer
+    from ollama_slim.recsys.evaluate import EvalConfig, evaluate
+    from ollama_slim.recsys.scorers import TransformersScorer
 
     config = EvalConfig(data=args.data, split="valid", users=args.eval_users, history=args.history, title_words=args.title_words, regime="uniform", resamples=1000)
     result = evaluate(TransformersScorer(model=model, tokenizer=tokenizer), config, dataset=dataset)

@@ -27,11 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ollama_slim.data import load_dataset  # noqa: E402
-from ollama_slim.evaluate import EvalConfig, encode_case, prepare_cases  # noqa: E402
-from ollama_slim.modeling import load  # noqa: E402
-from ollama_slim.scoring import score_naive, score_shared_prefix  # noqa: E402
-from ollama_slim.sources import resolve  # noqa: E402
+from ollama_slim.recsys.data import load_dataset  # noqa: E402
+from ollama_slim.recsys.evaluate import EvalConfig, encode_case, prepare_cases  # noqa: E402
+from ollama_slim.models.modeling import load  # noqa: E402
+from ollama_slim.models.scoring import score_naive, score_shared_prefix  # noqa: E402
+from ollama_slim.models.sources import resolve  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-electronics-2014"
 

@@ -29,10 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ollama_slim.data import load_dataset  # noqa: E402
-from ollama_slim.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases  # noqa: E402
-from ollama_slim.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline  # noqa: E402
-from ollama_slim.retained import retained_on_lift  # noqa: E402
+from ollama_slim.recsys.data import load_dataset  # noqa: E402
+from ollama_slim.recsys.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases  # noqa: E402
+from ollama_slim.recsys.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline  # noqa: E402
+from ollama_slim.recsys.retained import retained_on_lift  # noqa: E402
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"
 REGIMES = ("uniform", "popularity")
@@ -73,10 +73,10 @@ def log(message: str) -> None:
 
 def build_slim(args: argparse.Namespace, work: Path, bridge: str) -> Path:
     """The compact model with ``bridge`` fitted on train calibration data (cached)."""
-    from ollama_slim import bridges as br
-    from ollama_slim.build import save_compact, slice_model
-    from ollama_slim.modeling import load
-    from ollama_slim.sources import resolve
+    from ollama_slim.slimming import bridges as br
+    from ollama_slim.slimming.build import save_compact, slice_model
+    from ollama_slim.models.modeling import load
+    from ollama_slim.models.sources import resolve
 
     out = work / f"slim-{bridge}"
     if out.is_dir():
@@ -93,7 +93,7 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str) -> Path:
 
 def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None) -> Path:
     """Fine-tune ``model_dir`` with the benchmark's recipe (cached; resumes if interrupted)."""
-    from ollama_slim.finetune import FinetuneConfig, finetune
+    from ollama_slim.slimming.finetune import FinetuneConfig, finetune
 
     if (out / "slim.json").is_file():
         return out
@@ -111,7 +111,7 @@ def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path 
 
 def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     """``{key: model directory}`` in table order, building and healing what is missing."""
-    from ollama_slim.sources import resolve
+    from ollama_slim.models.sources import resolve
 
     skip = set(filter(None, args.skip.split(",")))
     full = Path(resolve(args.model).model_dir)
@@ -137,7 +137,7 @@ def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalCon
 
 def _joint_cases(dataset, per_regime: list[list]) -> list:
     """One case per user holding every regime's candidates side by side: the prompt runs once for all."""
-    from ollama_slim.evaluate import Case
+    from ollama_slim.recsys.evaluate import Case
 
     users = [[c.example.user for c in cases] for cases in per_regime]
     assert all(u == users[0] for u in users), "regimes must draw the same users"
@@ -146,8 +146,8 @@ def _joint_cases(dataset, per_regime: list[list]) -> list:
 
 def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
     """``{"<split>/<regime>": scores [U, 20]}`` of one model (cached as .npz)."""
-    from ollama_slim.modeling import LoadOptions, load
-    from ollama_slim.scorers import TransformersScorer
+    from ollama_slim.models.modeling import LoadOptions, load
+    from ollama_slim.recsys.scorers import TransformersScorer
 
     cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus") + ".npz")
     if cache.is_file():

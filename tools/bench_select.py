@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ollama_slim import paths  # noqa: E402
-from ollama_slim.importance import METHODS, ScoreConfig, mean_rank, open_model, score_layers  # noqa: E402
-from ollama_slim.metrics import bootstrap_interval, per_user_metrics  # noqa: E402
-from ollama_slim.selection import STRATEGIES, SelectConfig, _search_context  # noqa: E402
-from ollama_slim.pipeline import PruneConfig  # noqa: E402
+from ollama_slim.slimming.importance import METHODS, ScoreConfig, mean_rank, open_model, score_layers  # noqa: E402
+from ollama_slim.recsys.metrics import bootstrap_interval, per_user_metrics  # noqa: E402
+from ollama_slim.slimming.selection import STRATEGIES, SelectConfig, _search_context  # noqa: E402
+from ollama_slim.pipeline.prune import PruneConfig  # noqa: E402
 
 PRUNE_METHODS = PruneConfig.methods
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-electronics-2014"

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ollama_slim import paths  # noqa: E402
-from ollama_slim.bench import BenchConfig, BenchResult, bench  # noqa: E402
-from ollama_slim.build import BuildConfig, build_compact, parse_layers  # noqa: E402
-from ollama_slim.export import ExportConfig, export_gguf  # noqa: E402
-from ollama_slim.sources import resolve  # noqa: E402
+from ollama_slim.bench.speed import BenchConfig, BenchResult, bench  # noqa: E402
+from ollama_slim.slimming.build import BuildConfig, build_compact, parse_layers  # noqa: E402
+from ollama_slim.gguf.export import ExportConfig, export_gguf  # noqa: E402
+from ollama_slim.models.sources import resolve  # noqa: E402
 
 TARGETS = {"gen_tps": 1.8, "prompt_tps": 2.4}
 DEFAULT_LAYERS = "0,1,2,3,10,11,20,27,28,29"

@@ -12,8 +12,8 @@ from importlib import import_module
 
 import click
 
-from .. import __version__
-from ..errors import SlimError
+from ollama_slim import __version__
+from ollama_slim.errors import SlimError
 
 # command modules; each defines `command` (a click.Command)
 _COMMANDS = ["resolve", "eval", "score", "select", "build", "finetune", "export", "register", "bench", "prune", "share"]

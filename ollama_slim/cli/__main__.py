@@ -1,5 +1,5 @@
 """``python -m ollama_slim.cli`` (e.g. under ``accelerate launch -m ollama_slim.cli``)."""
 
-from . import main
+from ollama_slim.cli import main
 
 main()

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..bench import backend_names
+from ollama_slim.bench.speed import backend_names
 
 
 def _fmt(value: float | None, spec: str = ".1f", prefix: str = "") -> str:
@@ -41,9 +41,9 @@ def command(original: str, slim: str, backend: str, prompts_file: Path | None, r
     its GGUF). Warm-up first, then alternating rounds; medians with min-max. The
     ceiling column is what the parameter counts allow.
     """
-    from ..bench import BenchConfig, bench, plot_bench, read_prompts
-    from ..paths import write_json
-    from ..runs import RunLayout
+    from ollama_slim.bench.speed import BenchConfig, bench, plot_bench, read_prompts
+    from ollama_slim.paths import write_json
+    from ollama_slim.pipeline.layout import RunLayout
 
     config = BenchConfig(original=original, slim=slim, backend=backend, repeats=repeats, n_predict=n_predict, threads=threads, host=host)
     if prompts_file is not None:

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..bridges import BRIDGES
+from ollama_slim.slimming.bridges import BRIDGES
 
 
 @click.command("build")
@@ -31,7 +31,7 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
     safetensors directory (loadable by `from_pretrained`), with a slim.json recording
     where it came from. Then: `ollama-slim export DIR`.
     """
-    from ..build import BuildConfig, build_compact, parse_layers
+    from ollama_slim.slimming.build import BuildConfig, build_compact, parse_layers
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..scorers import SCORERS
+from ollama_slim.recsys.scorers import SCORERS
 
 
 def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -43,7 +43,7 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
     95% bootstrap intervals, beside the random and popularity baselines on the same
     candidates. Users, candidates and intervals are seeded: reruns give the same numbers.
     """
-    from ..evaluate import EvalConfig, evaluate
+    from ollama_slim.recsys.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,

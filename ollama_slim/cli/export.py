@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..export import outtypes
+from ollama_slim.gguf.export import outtypes
 
 
 @click.command("export")
@@ -27,7 +27,7 @@ def command(model_dir: Path, outtype: str, out: Path | None, force: bool, tokeni
     layers, bridge). Unless --no-check, llama.cpp loads it and its logits on 20
     fixed prompts are compared with transformers'; a GGUF that fails is not kept.
     """
-    from ..export import ExportConfig, export_gguf
+    from ollama_slim.gguf.export import ExportConfig, export_gguf
 
     config = ExportConfig(model_dir=model_dir, outtype=outtype, out=out, force=force, check=not no_check, tokenizer_gguf=tokenizer_gguf)
     with Console(stderr=True).status(f"Exporting {model_dir} to {outtype} GGUF{'' if no_check else ' and checking it in llama.cpp'}..."):

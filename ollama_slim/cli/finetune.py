@@ -48,7 +48,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     --checkpoint-every steps; after Ctrl-C, rerun the same command to resume. For
     several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
     """
-    from ..finetune import FinetuneConfig, check_config, finetune
+    from ollama_slim.slimming.finetune import FinetuneConfig, check_config, finetune
 
     config = FinetuneConfig(
         model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from ..pipeline import STAGES, PruneConfig
+from ollama_slim.pipeline.prune import STAGES, PruneConfig
 
 _DEFAULTS = PruneConfig(model="-", keep=1)
 
@@ -19,7 +19,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         return None
     import yaml
 
-    from ..errors import UsageError
+    from ollama_slim.errors import UsageError
 
     try:
         data = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
@@ -79,8 +79,8 @@ def command(model: str | None, keep: int | None, methods: str, **options: Any) -
     Example:
       ollama-slim prune smollm2:135m --keep 10 --no-register
     """
-    from ..errors import UsageError
-    from ..pipeline import prune
+    from ollama_slim.errors import UsageError
+    from ollama_slim.pipeline.prune import prune
 
     if model is None or keep is None:
         raise UsageError("prune needs MODEL and --keep", hint="e.g. ollama-slim prune smollm2:135m --keep 10")

@@ -24,7 +24,7 @@ def command(source: Path, name: str, force: bool, host: str | None, chat: str | 
     TEMPLATE and stop tokens, taken from the Modelfile beside the GGUF (written
     first when there is none). An existing model is replaced only with --force.
     """
-    from ..register import register
+    from ollama_slim.ollama.register import register
 
     with Console(stderr=True).status(f"Registering {source} as {name}..."):
         result = register(source=source, name=name, force=force, host=host, chat=chat)

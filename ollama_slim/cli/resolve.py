@@ -21,8 +21,8 @@ def command(model: str | None, hf: str | None, list_tags: bool, as_json: bool) -
     the GGUF of the model in your Ollama store, and the offline copy a package
     carries (smollm2:135m). Prints architecture, layers, parameters and source.
     """
-    from ..sources import resolve
-    from ..tags import known_tags
+    from ollama_slim.models.sources import resolve
+    from ollama_slim.models.tags import known_tags
 
     if list_tags or model is None:
         click.echo("\n".join(known_tags()))

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..importance import DEFAULT_METHODS, METHODS
+from ollama_slim.slimming.importance import DEFAULT_METHODS, METHODS
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -34,7 +34,7 @@ def command(model: str, data: str, methods: str, calib_users: int, shapley_permu
     Runs each method on the train split of --data (never validation or test), fuses
     them by mean rank, and writes scores.json and scores.png to the run directory.
     """
-    from ..importance import ScoreConfig, score_layers
+    from ollama_slim.slimming.importance import ScoreConfig, score_layers
 
     config = ScoreConfig(model=model, data=data, methods=_methods(methods), calib_users=calib_users, shapley_permutations=shapley_permutations,
                          run_dir=run_dir, hf=hf, dtype=dtype, device_map=device_map, seed=seed)

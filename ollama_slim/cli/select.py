@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..selection import DEFAULT_STRATEGY, STRATEGIES
+from ollama_slim.slimming.selection import DEFAULT_STRATEGY, STRATEGIES
 
 
 @click.command("select")
@@ -31,7 +31,7 @@ def command(run_or_model: str, keep: int | None, min_retained: float | None, str
     each step is measured on the validation split. Writes selection.json (read by
     `build`) and selection.png.
     """
-    from ..selection import SelectConfig, select_layers
+    from ollama_slim.slimming.selection import SelectConfig, select_layers
 
     config = SelectConfig(source=run_or_model, keep=keep, min_retained=min_retained, strategy=strategy, data=data, val_users=val_users,
                           run_dir=run_dir, hf=hf, dtype=dtype, device_map=device_map)

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..share import DEFAULT_QUANTS
+from ollama_slim.sharing.share import DEFAULT_QUANTS
 
 
 @click.command("share")
@@ -37,7 +37,7 @@ def command(run_dir: Path, out: Path | None, quants: str, license_id: str | None
     `ollama run hf.co/USER/REPO`. With --hf it is uploaded; with --ollama the registered
     model is pushed to ollama.com. Rerunning with nothing changed does nothing.
     """
-    from ..share import PublishConfig, ShareConfig, prepare_share, publish
+    from ollama_slim.sharing.share import PublishConfig, ShareConfig, prepare_share, publish
 
     config = ShareConfig(run_dir=run_dir, out=out or run_dir / "hub", quants=tuple(q for q in quants.split(",") if q.strip()), license=license_id,
                          name=name, users=users, bench_repeats=repeats, repo=hf_repo, force=force)

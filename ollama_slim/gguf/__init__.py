@@ -1,0 +1,1 @@
+"""GGUF export: the writer, llama.cpp's acceptance check, header reading, tokenizer fields."""

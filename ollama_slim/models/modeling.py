@@ -1,0 +1,65 @@
+"""Loading models and tokenizers, safely (safetensors only, no remote code by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ollama_slim.errors import SourceError
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to place a model: dtype name and accelerate ``device_map``."""
+
+    dtype: str = "float32"
+    device_map: str | None = None
+    trust_remote_code: bool = False
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise SourceError(f"unknown dtype {name!r}", hint="use float32, bfloat16 or float16")
+    return table[name]
+
+
+def load_model(model_dir: str | Path, options: LoadOptions = LoadOptions()) -> Any:
+    """``AutoModelForCausalLM`` from a local safetensors directory, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not list(model_dir.glob("*.safetensors")):
+        raise SourceError(f"{model_dir} has no safetensors weights", hint="ollama-slim never loads pickled weights")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype(options.dtype), device_map=options.device_map,
+            use_safetensors=True, trust_remote_code=options.trust_remote_code,
+        )
+    except (OSError, ValueError) as err:
+        raise SourceError(f"cannot load {model_dir}: {err}".split("\n")[0], hint="check that the directory is a complete Hugging Face model") from None
+    model.eval()
+    return model
+
+
+def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of ``model_dir``; pad token falls back to EOS."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(model_dir: str | Path, options: LoadOptions = LoadOptions()) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a local directory."""
+    return load_model(model_dir, options), load_tokenizer(model_dir, trust_remote_code=options.trust_remote_code)
+
+
+def input_device(model: Any) -> Any:
+    """Where inputs go: the embedding's device (works with accelerate device maps)."""
+    return model.get_input_embeddings().weight.device

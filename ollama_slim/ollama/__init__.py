@@ -1,0 +1,1 @@
+"""Ollama: the API client's one error path, Modelfiles, registering, publishing to the registry."""

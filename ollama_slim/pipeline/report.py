@@ -1,0 +1,191 @@
+"""The run report: ``report.md`` with PNG plots, what a user shares beside the GGUF.
+
+It says plainly what each quality figure compares: a healed slim model against the
+untuned original is not "quality retained"; only a reference fine-tuned with the same
+budget gives the retained share of lift (design §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ollama_slim import paths
+
+METRIC_ROWS = ("ndcg@10", "mrr", "hr@1", "hr@5", "hr@10")
+_SPEED_LABELS = {"prompt_tps": "prompt tokens/s", "gen_tps": "generation tokens/s", "size": "file size", "peak_memory": "peak memory"}
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report shows, collected by the pipeline from the run directory."""
+
+    run_dir: Path
+    model: dict[str, Any]  # resolve.json
+    slim_name: str
+    data: str
+    dataset: dict[str, Any]
+    kept: list[int]
+    num_layers: int
+    bridge: str
+    finetune: dict[str, Any]
+    quality: dict[str, dict[str, Any]]  # label -> EvalResult.to_json()
+    retained: dict[str, Any] | None
+    cross_domain: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bench: dict[str, Any] | None = None
+    files: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
+    registered: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(interval: dict[str, float] | float) -> str:
+    if isinstance(interval, dict):
+        return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+    return f"{interval:.3f}"
+
+
+def quality_table(quality: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows: random, popularity, then each evaluated model, metric by metric."""
+    first = next(iter(quality.values()))
+    head = "| model | " + " | ".join(METRIC_ROWS) + " |"
+    rows = [head, "|" + "---|" * (len(METRIC_ROWS) + 1)]
+    rows.append("| random | " + " | ".join(_fmt(first["baselines"]["random"][m]) for m in METRIC_ROWS) + " |")
+    rows.append("| popularity (train counts) | " + " | ".join(_fmt(first["baselines"]["popularity"][m]) for m in METRIC_ROWS) + " |")
+    for label, result in quality.items():
+        rows.append(f"| {label} | " + " | ".join(_fmt(result["metrics"][m]) for m in METRIC_ROWS) + " |")
+    return rows
+
+
+def _quality_statement(inputs: ReportInputs) -> list[str]:
+    r = inputs.retained
+    if r is None:
+        return [
+            "**What this compares:** the healed slim model against the *untuned* original. That is not",
+            "\"quality retained\": the slim model was fine-tuned and the original was not. Run `prune` with",
+            "`--reference` to fine-tune the full model with the same recipe and budget and get the retained",
+            "share of lift (design §3).",
+        ]
+    verdict = "significant" if r["full_lift_significant"] else "NOT significant, so the retained share is no measurement"
+    return [
+        f"**Quality retained on lift** (slim − random) / (reference − random), NDCG@10: "
+        f"**{r['retained']:.2f}** [{r['retained_low']:.2f}, {r['retained_high']:.2f}]; raw ratio slim / reference "
+        f"{r['raw']:.2f} [{r['raw_low']:.2f}, {r['raw_high']:.2f}] (flattering: chance is not 0).",
+        f"The reference's lift over random is {r['full_lift']:+.3f} [{r['full_lift_low']:+.3f}, {r['full_lift_high']:+.3f}]: {verdict}.",
+        "Both were fine-tuned with the same recipe and budget and scored on the same users and candidates.",
+    ]
+
+
+def _speed_lines(bench: dict[str, Any] | None) -> list[str]:
+    if not bench:
+        return ["No speed benchmark in this run."]
+    ratios = bench.get("ratios", {})
+    ceilings = bench.get("ceilings", {})
+    lines = [f"Backend: `{bench.get('backend', '?')}`, medians of {bench.get('config', {}).get('repeats', '?')} repeats after a warm-up, original and slim in the same run.", ""]
+    lines += ["| measure | ratio slim / original | ceiling from parameter counts |", "|---|---|---|"]
+    for key, value in ratios.items():
+        ceiling = ceilings.get(key)
+        shown = f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
+        lines.append(f"| {_SPEED_LABELS.get(key, key)} | {shown} | {f'{ceiling:.2f}x' if isinstance(ceiling, (int, float)) else '-'} |")
+    return lines
+
+
+def speed_quality_plot(inputs: ReportInputs, out: Path) -> Path | None:
+    """Generation tokens/s against NDCG@10 for original and slim (PNG), if both are known."""
+    speeds = _generation_speeds(inputs.bench)
+    points = {label: (speeds.get(key), inputs.quality.get(label, {}).get("metrics", {}).get("ndcg@10", {}).get("mean")) for label, key in (("original (zero-shot)", "original"), ("slim (healed)", "slim"))}
+    points = {k: v for k, v in points.items() if None not in v}
+    if len(points) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label, (x, y) in points.items():
+        ax.scatter([x], [y], s=60)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6))
+    first = next(iter(inputs.quality.values()))
+    ax.axhline(first["baselines"]["random"]["ndcg@10"], ls="--", c="grey", label="random")
+    ax.axhline(first["baselines"]["popularity"]["ndcg@10"]["mean"], ls=":", c="grey", label="popularity")
+    ax.set_xlabel("generation tokens/s")
+    ax.set_ylabel("NDCG@10 (test)")
+    ax.set_title("speed vs quality")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with paths.atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _generation_speeds(bench: dict[str, Any] | None) -> dict[str, float]:
+    if not bench:
+        return {}
+    out = {}
+    for key in ("original", "slim"):
+        entry = bench.get(key, {})
+        value = entry.get("gen_tps")
+        if isinstance(value, dict):
+            value = value.get("median")
+        if value is not None:
+            out[key] = float(value)
+    return out
+
+
+def render(inputs: ReportInputs) -> str:
+    """The Markdown text of the report."""
+    m = inputs.model
+    kept = ", ".join(map(str, inputs.kept))
+    lines = [
+        f"# ollama-slim report: {m.get('tag') or m.get('ref')} → {inputs.slim_name}", "",
+        "## Model and data", "",
+        f"- Original: `{m.get('tag') or m.get('ref')}` ({m.get('arch')}, {m.get('num_layers')} layers, {m.get('num_params', 0) / 1e6:.1f}M parameters), "
+        f"Hugging Face twin `{m.get('hf_repo') or '-'}`, weights from {m.get('source')} (`{m.get('origin')}`).",
+        f"- Data: `{inputs.data}` — {inputs.dataset.get('users')} users, {inputs.dataset.get('items')} items, {inputs.dataset.get('interactions')} interactions "
+        f"(leave-one-out; layer scores on train, selection on validation, figures below on test).",
+        f"- Kept layers ({len(inputs.kept)} of {inputs.num_layers}): {kept}; bridge: `{inputs.bridge}`.",
+        f"- Healing: {_describe_finetune(inputs.finetune)}.",
+        "", "![layer scores](scores.png)", "", "![selection curve](selection.png)", "",
+        "## Recommendation quality (test split)", "",
+        *quality_table(inputs.quality), "", *_quality_statement(inputs), "",
+    ]
+    if inputs.cross_domain:
+        lines += ["## Cross-domain check", "", *quality_table(inputs.cross_domain), ""]
+    lines += ["## Speed", "", *_speed_lines(inputs.bench), "", "![speed vs quality](speed_quality.png)", ""]
+    lines += _files_and_timings(inputs)
+    lines += ["## Reproduce", "", "```", *inputs.commands, "```", ""]
+    if inputs.notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in inputs.notes], ""]
+    return "\n".join(lines)
+
+
+def _describe_finetune(info: dict[str, Any]) -> str:
+    if not info:
+        return "none"
+    parts = [f"{k}={v}" for k, v in info.items() if k in ("mode", "steps", "lora_rank", "lr", "batch_size", "distill_from", "examples", "final_loss")]
+    return ", ".join(parts) or "done"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
+def _files_and_timings(inputs: ReportInputs) -> list[str]:
+    lines = ["## Files", "", "| file | size |", "|---|---|"]
+    lines += [f"| `{name}` | {_size(size)} |" for name, size in inputs.files.items()]
+    if inputs.registered:
+        lines += ["", f"Registered in Ollama as `{inputs.registered}`: `ollama run {inputs.registered}`."]
+    total = sum(inputs.timings.values()) or 1.0
+    lines += ["", "## Time per stage", "", "| stage | seconds | share |", "|---|---|---|"]
+    lines += [f"| {stage} | {sec:.1f} | {100 * sec / total:.0f}% |" for stage, sec in inputs.timings.items()]
+    return lines + [""]
+
+
+def write_report(inputs: ReportInputs) -> Path:
+    """Write ``report.md`` (and ``speed_quality.png``) into the run directory, atomically."""
+    speed_quality_plot(inputs, inputs.run_dir / "speed_quality.png")
+    return paths.write_text(inputs.run_dir / "report.md", render(inputs))

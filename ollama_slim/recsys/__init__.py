@@ -1,0 +1,1 @@
+"""Recommendation data and evaluation: data sets, the prompt, candidate scorers, metrics, quality retained."""

@@ -1,0 +1,259 @@
+"""Candidate scorers for evaluation, registered by name (``transformers``, ``llama-cpp``).
+
+A scorer turns one user's prompt token ids and candidate title token ids into one
+length-normalised log-likelihood per candidate, running the prompt once and reusing
+its state for every candidate. Both backends take the same token ids, so a GGUF and
+its transformers twin are scored on identical inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+from ollama_slim.errors import SelectionError, SourceError, UsageError
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """``batch``: candidates per forward pass; ``dtype`` (transformers); ``context``
+    (llama.cpp); ``threads``: CPU threads (``None``: torch's default, all cores for llama.cpp)."""
+
+    batch: int = 32
+    dtype: str = "float32"
+    context: int = 1024
+    threads: int | None = None
+
+
+class Scorer(Protocol):
+    """What :func:`ollama_slim.recsys.evaluate.evaluate` needs from a backend."""
+
+    name: str
+    tokenizer: Any  # callable like a HF tokenizer, with bos/eos/pad token ids
+
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
+        """Mean log-prob of each candidate given ``prompt``: shape [C]."""
+
+    def using_layers(self, layers: list[int] | None) -> Any:
+        """A context in which only decoder ``layers`` run (``None``: all of them)."""
+
+
+SCORERS: dict[str, Callable[..., Scorer]] = {}
+
+
+def register_scorer(name: str) -> Callable[[Callable[..., Scorer]], Callable[..., Scorer]]:
+    """Register ``factory(model_ref, *, options) -> Scorer`` under ``name``."""
+
+    def wrap(factory: Callable[..., Scorer]) -> Callable[..., Scorer]:
+        SCORERS[name] = factory
+        return factory
+
+    return wrap
+
+
+def backend_for(model_ref: str, backend: str = "auto") -> str:
+    """``auto`` -> ``llama-cpp`` for a ``.gguf`` file or an ``hf.co/`` reference (the shipped
+    GGUF is what is measured), ``transformers`` otherwise."""
+    if backend == "auto":
+        from ollama_slim.sharing.hub import parse_hf_ref
+
+        gguf = str(model_ref).endswith(".gguf") or parse_hf_ref(str(model_ref)) is not None
+        return "llama-cpp" if gguf else "transformers"
+    if backend not in SCORERS:
+        raise UsageError(f"unknown backend {backend!r}", hint=f"use one of: auto, {', '.join(SCORERS)}")
+    return backend
+
+
+def make_scorer(model_ref: str, *, backend: str = "auto", options: ScorerOptions = ScorerOptions()) -> Scorer:
+    """The scorer of ``model_ref`` (an Ollama tag, HF directory or GGUF file)."""
+    return SCORERS[backend_for(model_ref, backend)](model_ref, options=options)
+
+
+# --- transformers ---------------------------------------------------------------------
+
+
+def _check_layers(layers: list[int], num_layers: int) -> list[int]:
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= num_layers:
+        raise SelectionError(f"layers {list(layers)} do not fit a model of {num_layers} layers", hint=f"give sorted, distinct indices in 0..{num_layers - 1}")
+    return list(layers)
+
+
+@contextmanager
+def layer_subset(model: Any, layers: list[int] | None) -> Iterator[Any]:
+    """Run ``model`` with only decoder ``layers`` (in order), restoring it on exit.
+
+    The kept layers are renumbered (``layer_idx``) and the config's layer count and
+    per-layer lists shrunk for the duration, so KV caches index them densely: the model
+    then computes exactly what a compact model built from those layers computes.
+    """
+    if layers is None:
+        yield model
+        return
+    import torch
+
+    from ollama_slim.models.families import family_of, get_module
+
+    fam = family_of(model)
+    parent_path, _, attr = fam.layers.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    full = getattr(parent, attr)
+    kept = _check_layers(list(layers), len(full))
+    config = model.config
+    saved_config = {name: getattr(config, name, None) for name in (*fam.per_layer_config_lists, "num_hidden_layers")}
+    saved_idx = [(m, m.layer_idx) for i in kept for m in full[i].modules() if hasattr(m, "layer_idx")]
+    try:
+        setattr(parent, attr, torch.nn.ModuleList([full[i] for i in kept]))
+        for new, i in enumerate(kept):
+            for m in full[i].modules():
+                if hasattr(m, "layer_idx"):
+                    m.layer_idx = new
+        for name in fam.per_layer_config_lists:
+            if saved_config[name] is not None:
+                setattr(config, name, [saved_config[name][i] for i in kept])
+        config.num_hidden_layers = len(kept)
+        yield model
+    finally:
+        setattr(parent, attr, full)
+        for m, idx in saved_idx:
+            m.layer_idx = idx
+        for name, value in saved_config.items():
+            setattr(config, name, value)
+
+
+@dataclass
+class TransformersScorer:
+    """Shared-prefix scoring (:func:`ollama_slim.models.scoring.score_shared_prefix`) of a loaded model."""
+
+    model: Any
+    tokenizer: Any
+    batch: int = 32
+    name: str = "transformers"
+
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
+        """[C] scores; candidates in chunks of ``batch`` (each chunk runs the prompt once)."""
+        import torch
+
+        from ollama_slim.models.scoring import score_shared_prefix
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        step = max(1, self.batch)
+        parts = [score_shared_prefix(self.model, prompt, candidates[i : i + step], pad_id=pad) for i in range(0, len(candidates), step)]
+        return torch.cat(parts).double().numpy()
+
+    def using_layers(self, layers: list[int] | None) -> Any:
+        return layer_subset(self.model, layers)
+
+
+@register_scorer("transformers")
+def transformers_scorer(model_ref: str, *, options: ScorerOptions = ScorerOptions()) -> TransformersScorer:
+    """Resolve ``model_ref`` (tag, HF directory, GGUF dequantized) and load it with transformers."""
+    from ollama_slim.models.modeling import LoadOptions, load
+    from ollama_slim.models.sources import resolve
+
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    resolved = resolve(str(model_ref))
+    model, tokenizer = load(resolved.model_dir, LoadOptions(dtype=options.dtype))
+    return TransformersScorer(model=model, tokenizer=tokenizer, batch=options.batch)
+
+
+# --- llama.cpp --------------------------------------------------------------------------
+
+
+class LlamaCppTokenizer:
+    """llama.cpp's own tokenizer behind the small part of the HF tokenizer interface we use."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        bos, eos = llm.token_bos(), llm.token_eos()
+        self.bos_token_id = bos if bos >= 0 else None  # as encode_prompt does with HF tokenizers
+        self.eos_token_id = eos if eos >= 0 else None
+        self.pad_token_id = self.eos_token_id
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, Any]:
+        if isinstance(text, str):
+            return {"input_ids": self._ids(text)}
+        return {"input_ids": [self._ids(t) for t in text]}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64: [L, V] -> [L, V]."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class LlamaCppScorer:
+    """A GGUF scored through llama-cpp-python: the prompt is evaluated once, then each
+    candidate continues from its KV cache (the cache is cut back to the prompt between
+    candidates, so the prompt never runs again)."""
+
+    name = "llama-cpp"
+
+    def __init__(self, gguf_path: Path, *, tokenizer: Any | None = None, options: ScorerOptions = ScorerOptions()) -> None:
+        from llama_cpp import Llama
+
+        threads = options.threads or os.cpu_count() or 1
+        try:
+            self.llm = Llama(model_path=str(gguf_path), n_ctx=options.context, n_batch=512, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+        except (ValueError, RuntimeError) as err:
+            raise SourceError(f"llama.cpp cannot load {gguf_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})", hint="check that the file is a complete GGUF of a supported architecture") from None
+        self.tokenizer = tokenizer if tokenizer is not None else LlamaCppTokenizer(self.llm)
+        self.context = options.context
+
+    def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
+        """[C] mean log-prob of each candidate after ``prompt``."""
+        p = len(prompt)
+        longest = max(len(c) for c in candidates)
+        if p + longest > self.context:
+            raise UsageError(f"prompt of {p} tokens + candidate of {longest} exceed the llama.cpp context of {self.context}", hint="lower --history or --title-tokens")
+        llm = self.llm
+        llm.reset()
+        llm.eval(prompt)
+        first = _log_softmax(llm.scores[p - 1 : p])  # [1, V]: predicts each candidate's first token
+        out = np.empty(len(candidates))
+        for row, cand in enumerate(candidates):
+            llm.n_tokens = p  # drop the previous candidate; eval() clears the cache past here
+            logp = first
+            if len(cand) > 1:
+                llm.eval(cand[:-1])
+                logp = np.concatenate([first, _log_softmax(llm.scores[p : p + len(cand) - 1])])
+            out[row] = logp[np.arange(len(cand)), cand].mean()
+        return out
+
+    def using_layers(self, layers: list[int] | None) -> Any:
+        if layers is not None:
+            raise UsageError("a layer subset needs the transformers backend", hint="evaluate the HF directory of the model, or build the compact model first")
+        return nullcontext()
+
+
+@register_scorer("llama-cpp")
+def llama_cpp_scorer(model_ref: str, *, options: ScorerOptions = ScorerOptions()) -> LlamaCppScorer:
+    """A ``.gguf`` file or an ``hf.co/`` GGUF (llama.cpp's tokenizer), or a tag whose source is a GGUF (its HF tokenizer)."""
+    from ollama_slim.sharing.hub import parse_hf_ref, ref_gguf
+
+    path = Path(str(model_ref)).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SourceError(f"GGUF file {path} does not exist", hint="check the path")
+        return LlamaCppScorer(path, options=options)
+    hf_ref = parse_hf_ref(str(model_ref))
+    if hf_ref is not None:
+        return LlamaCppScorer(ref_gguf(hf_ref)[0], options=options)
+    from ollama_slim.models.modeling import load_tokenizer
+    from ollama_slim.models.sources import resolve
+
+    resolved = resolve(str(model_ref))
+    if resolved.gguf_path is None:
+        raise UsageError(f"{model_ref} has no GGUF for the llama-cpp backend", hint="pass a .gguf file or use --backend transformers")
+    return LlamaCppScorer(resolved.gguf_path, tokenizer=load_tokenizer(resolved.model_dir), options=options)

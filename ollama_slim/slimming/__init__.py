@@ -1,0 +1,1 @@
+"""Making the compact model: layer importance, selection, building with bridges, healing."""
