@@ -16,8 +16,8 @@ from ollama_slim.errors import DataError, SelectionError, UsageError
 from ollama_slim.recsys.evaluate import EvalConfig, encode_case, evaluate, prepare_cases
 from ollama_slim.recsys.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline, target_ranks
 from ollama_slim.models.modeling import load
-from ollama_slim.recsys.scorers import TransformersScorer, layer_subset
-from ollama_slim.models.scoring import score_naive
+from ollama_slim.recsys.scorers import TransformersScorer
+from ollama_slim.models.lm import layer_subset, score_naive
 
 # --- metrics ----------------------------------------------------------------------------------
 

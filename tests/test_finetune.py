@@ -15,7 +15,13 @@ import torch
 
 from conftest import _CORPUS
 
+from ollama_slim.models.lm import candidate_logits, candidate_scores, title_logits
 from ollama_slim.slimming import finetune as ft
+from ollama_slim.slimming.finetune.checkpoints import latest_checkpoint
+from ollama_slim.slimming.finetune.data import batch_indices, negative_items
+from ollama_slim.slimming.finetune.loop import learning_rate
+from ollama_slim.slimming.finetune.losses import distill_loss, student_loss, title_loss
+from ollama_slim.slimming.finetune.trainee import build_trainee, wrap_lora
 from ollama_slim.errors import RunError, UsageError
 
 
@@ -50,23 +56,23 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_title_loss_matches_scoring_title_nll(tiny_llama: Path) -> None:
     from ollama_slim.models.modeling import load_model
-    from ollama_slim.models.scoring import title_nll
+    from ollama_slim.models.lm import title_nll
 
     model = load_model(tiny_llama)
     batch = [([1, 5, 9, 12], [30, 31, 32]), ([1, 7], [40, 41])]
-    logits, targets = ft.title_logits(model, batch, pad_id=2)
+    logits, targets = title_logits(model, batch, pad_id=2)
     expected = title_nll(model, batch, pad_id=2).mean()
-    torch.testing.assert_close(ft.title_loss(logits, targets, [3, 2]), expected, rtol=1e-5, atol=1e-6)
-    assert ft.distill_loss(logits, logits, [3, 2]).abs() < 1e-6
-    assert ft.distill_loss(logits, logits.flip(-1), [3, 2]) > 0.01
+    torch.testing.assert_close(title_loss(logits, targets, [3, 2]), expected, rtol=1e-5, atol=1e-6)
+    assert distill_loss(logits, logits, [3, 2]).abs() < 1e-6
+    assert distill_loss(logits, logits.flip(-1), [3, 2]) > 0.01
 
 
 def test_title_logits_equal_a_full_forward_then_indexing(tiny_llama: Path) -> None:
     from ollama_slim.models.modeling import load_model
 
-    model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
+    model = wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
     batch = [([1, 5, 9, 12], [30, 31, 32]), ([1, 7], [40, 41]), ([1, 8, 8, 8, 8, 8], [50])]
-    logits, targets = ft.title_logits(model, batch, pad_id=2)
+    logits, targets = title_logits(model, batch, pad_id=2)
     ids = torch.full((3, 7), 2)
     mask = torch.zeros_like(ids)
     for row, (p, t) in enumerate(batch):
@@ -85,26 +91,26 @@ def test_packed_candidate_scores_equal_separate_forwards(tiny_llama: Path, tiny_
     rows = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51]]), ([1, 7], [[60, 61], [62, 63, 64, 65], [66]])]
     for path in (tiny_llama, tiny_qwen2):
         model = load_model(path)
-        out = ft.candidate_logits(model, rows, pad_id=2)
+        out = candidate_logits(model, rows, pad_id=2)
         assert out.logits.shape[0] == len(set(out.packed.src.tolist())) < out.where.shape[0]
-        scores = ft.candidate_scores(out, candidates=3)
+        scores = candidate_scores(out, candidates=3)
         for b, (prompt, cands) in enumerate(rows):
             for c, cand in enumerate(cands):
-                alone, targets = ft.title_logits(model, [(prompt, cand)])
+                alone, targets = title_logits(model, [(prompt, cand)])
                 expected = -torch.nn.functional.cross_entropy(alone, targets)
                 torch.testing.assert_close(scores[b, c], expected, rtol=0, atol=1e-4)
         targets_first = [(p, cands[0]) for p, cands in rows]
-        loss, title = ft.student_loss(model, rows, rank_weight=0.0, pad_id=2)
-        plain, targets = ft.title_logits(model, targets_first, pad_id=2)
+        loss, title = student_loss(model, rows, rank_weight=0.0, pad_id=2)
+        plain, targets = title_logits(model, targets_first, pad_id=2)
         torch.testing.assert_close(title, plain, rtol=0, atol=1e-4)
-        torch.testing.assert_close(loss, ft.title_loss(plain, targets, [3, 2]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(loss, title_loss(plain, targets, [3, 2]), rtol=0, atol=1e-5)
 
 
 def test_rank_loss_trains_lora_and_decreases(tiny_llama: Path) -> None:
     from ollama_slim.models.modeling import load_model
 
     torch.manual_seed(0)
-    model = ft._wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
+    model = wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))
     lora = [p for n, p in model.named_parameters() if p.requires_grad]
     assert lora and all("lora" in n for n, p in model.named_parameters() if p.requires_grad)
     rows = [([1, 5, 9], [[30, 31], [40, 41, 42], [50]]), ([1, 7, 8], [[60], [61, 62], [63, 64]])]
@@ -112,7 +118,7 @@ def test_rank_loss_trains_lora_and_decreases(tiny_llama: Path) -> None:
     losses = []
     for _ in range(8):
         optimizer.zero_grad()
-        loss, _ = ft.student_loss(model, rows, rank_weight=1.0, pad_id=2)
+        loss, _ = student_loss(model, rows, rank_weight=1.0, pad_id=2)
         loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
         optimizer.step()
@@ -125,7 +131,7 @@ def test_negatives_are_seeded_per_step_and_never_seen(tiny_data: Path) -> None:
 
     dataset = load_dataset(str(tiny_data))
     train = examples(dataset, split="train", history=5)
-    draw = lambda step, index: ft.negative_items(dataset, train[index], count=2, seed=3, step=step, index=index)  # noqa: E731
+    draw = lambda step, index: negative_items(dataset, train[index], count=2, seed=3, step=step, index=index)  # noqa: E731
     assert draw(4, 7) == draw(4, 7)
     assert len({draw(step, 7) for step in range(12)}) > 1  # another step, another draw (order counts)
     for index in range(len(train)):
@@ -133,15 +139,15 @@ def test_negatives_are_seeded_per_step_and_never_seen(tiny_data: Path) -> None:
 
 
 def test_batches_are_a_pure_function_of_the_step() -> None:
-    a = [ft.batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
-    b = [ft.batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
+    a = [batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
+    b = [batch_indices(step=s, batch_size=4, num_examples=10, seed=1) for s in range(5)]
     assert a == b
     assert sorted(sum(a[:2], []) + a[2][:2]) == list(range(10))  # epoch 0 is a permutation
-    assert a != [ft.batch_indices(step=s, batch_size=4, num_examples=10, seed=2) for s in range(5)]
+    assert a != [batch_indices(step=s, batch_size=4, num_examples=10, seed=2) for s in range(5)]
 
 
 def test_learning_rate_warms_up_then_decays() -> None:
-    lrs = [ft.learning_rate(s, total=20, peak=1.0, warmup=0.1) for s in range(20)]
+    lrs = [learning_rate(s, total=20, peak=1.0, warmup=0.1) for s in range(20)]
     assert lrs[0] == 0.5 and lrs[1] == 1.0
     assert lrs[-1] < lrs[5] < lrs[2] and lrs[-1] >= 0.1
 
@@ -175,7 +181,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(config, on_step=stop_after_five)
     assert not config.out_dir.exists()
-    assert ft.latest_checkpoint(tmp_path / "b.checkpoints").name == "ckpt-00000004"
+    assert latest_checkpoint(tmp_path / "b.checkpoints").name == "ckpt-00000004"
     resumed = ft.finetune(config)
     assert resumed.resumed_from == 4
     assert resumed.losses == straight.losses
@@ -259,7 +265,7 @@ def test_trained_bridges_fold_into_the_saved_model(tiny_llama: Path, tiny_data: 
     compact_dir = tmp_path / "compact"
     save_compact(slice_model(model, [0, 2, 5]), tokenizer, compact_dir, provenance={"kept": [0, 2, 5], "num_layers": 6})
     config = _config(compact_dir, tiny_data, tmp_path / "out", steps=4, train_bridges=True, lr=1e-2)
-    trainee, _ = ft._build_trainee(config, compact_dir)
+    trainee, _ = build_trainee(config, compact_dir)
     assert [g.slot for g in trainee.bridge.gaps] == [1, 2]
     assert any(name.endswith("slot1") for name in trainee.params)
     result = ft.finetune(config)
@@ -286,7 +292,7 @@ def test_sigkill_during_finetune_leaves_a_complete_checkpoint(tiny_llama: Path, 
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    checkpoint = ft.latest_checkpoint(tmp_path / "out.checkpoints")
+    checkpoint = latest_checkpoint(tmp_path / "out.checkpoints")
     assert checkpoint is not None
     step = json.loads((checkpoint / "state.json").read_text())["step"]
     assert 3 <= step < 40

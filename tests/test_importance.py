@@ -16,13 +16,12 @@ from ollama_slim.recsys.data import CandidateSampler, load_dataset
 from ollama_slim.errors import UsageError
 from ollama_slim.models.families import family_of, get_module
 from ollama_slim.slimming.importance import (
-    METHODS, LayerRunner, PrefixCache, ScoreConfig, SubsetEvaluator, build_probe, mean_rank, probe_examples, score_layers,
+    METHODS, PrefixCache, ScoreConfig, SubsetEvaluator, build_probe, mean_rank, probe_examples, score_layers,
     shapley_contributions,
 )
 from ollama_slim.models.modeling import load
 from ollama_slim.recsys.prompt import PromptConfig, candidate_text, encode_candidates, encode_example, encode_prompt, prompt_text
-from ollama_slim.recsys.scorers import layer_subset
-from ollama_slim.models.scoring import score_shared_prefix, title_nll
+from ollama_slim.models.lm import LayerRunner, layer_subset, score_shared_prefix, title_nll
 from toy_data import write_toy_data
 
 IDENTITY = 3  # the layer made an exact identity in `identity_llama`

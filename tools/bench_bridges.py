@@ -25,7 +25,7 @@ from ollama_slim.slimming.build import read_selection, slice_model
 from ollama_slim.recsys.data import examples, load_dataset, select_users
 from ollama_slim.models.modeling import load
 from ollama_slim.recsys.prompt import PromptConfig, encode_example
-from ollama_slim.models.scoring import title_nll
+from ollama_slim.models.lm import title_nll
 from ollama_slim.models.sources import resolve
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"  # `select --keep 10` (ranked, defaults) on SmolLM2 + Amazon in this project

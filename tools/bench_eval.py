@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from ollama_slim.recsys.data import load_dataset  # noqa: E402
 from ollama_slim.recsys.evaluate import EvalConfig, encode_case, prepare_cases  # noqa: E402
 from ollama_slim.models.modeling import load  # noqa: E402
-from ollama_slim.models.scoring import score_naive, score_shared_prefix  # noqa: E402
+from ollama_slim.models.lm import score_naive, score_shared_prefix  # noqa: E402
 from ollama_slim.models.sources import resolve  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "amazon-electronics-2014"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ollama_slim.bench.speed import BenchConfig, Sample, Target, param_counts, register_backend
+from ollama_slim.bench.registry import register_backend
+from ollama_slim.bench.speed import BenchConfig, Sample, Target, param_counts
 from ollama_slim.errors import OllamaError, SlimError, SourceError, UsageError
 from ollama_slim.ollama.api import ApiOptions, call, client, find_model, host_url, server_answers
 from ollama_slim.ollama.register import find_gguf

@@ -1,6 +1,6 @@
 """Speed benchmark: the original and the slim model in one run, as ratios (design §7).
 
-Each backend (registered by name in :data:`BACKENDS`) runs one generation per prompt and
+Each backend (registered by name in :mod:`ollama_slim.bench.registry`) runs one generation per prompt and
 reports prompt and generation tokens and seconds. Both models get a warm-up first, then
 ``repeats`` rounds in alternating order (so drift on a shared machine hits both alike);
 a round's tokens/s is its tokens over its seconds, and the result keeps the median and
@@ -14,10 +14,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ollama_slim import paths
+from ollama_slim.bench.registry import BACKENDS, BUILTIN, Backend, backend_names, backends, pick_backend, register_backend
 from ollama_slim.errors import UsageError
+from ollama_slim.pipeline.layout import RunLayout
+
+__all__ = ["BACKENDS", "BUILTIN", "Backend", "BenchConfig", "BenchResult", "backend_names", "backends", "bench", "pick_backend", "register_backend"]
 
 DEFAULT_PROMPTS = (
     "A customer bought a pair of wireless noise cancelling headphones, a USB C charger, a 64GB microSD card, "
@@ -43,6 +47,7 @@ class BenchConfig:
     threads: int | None = None  # llama.cpp threads (None: its default)
     n_ctx: int = 1024
     host: str | None = None
+    run_dir: Path | None = None  # a run: the result also goes to its bench.json (default: ``slim``, when it is a directory)
 
 
 @dataclass(frozen=True)
@@ -131,44 +136,6 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    description: str
-    available: Callable[[BenchConfig], bool]
-    open: Callable[[BenchConfig], Session]
-
-
-BACKENDS: dict[str, Backend] = {}
-
-
-def register_backend(name: str, description: str, *, available: Callable[[BenchConfig], bool]) -> Callable[[Callable[[BenchConfig], Session]], Callable[[BenchConfig], Session]]:
-    """Register a backend: ``open(config)`` returns a :class:`Session` for both models."""
-
-    def wrap(open_fn: Callable[[BenchConfig], Session]) -> Callable[[BenchConfig], Session]:
-        BACKENDS[name] = Backend(name=name, description=description, available=available, open=open_fn)
-        return open_fn
-
-    return wrap
-
-
-def backend_names() -> list[str]:
-    """The ``--backend`` choices: ``auto`` first, then the registered backends."""
-    return ["auto", *BACKENDS]
-
-
-def pick_backend(config: BenchConfig) -> Backend:
-    """The named backend, or for ``auto`` the first registered one that is available."""
-    if config.backend == "auto":
-        for backend in BACKENDS.values():
-            if backend.available(config):
-                return backend
-        raise UsageError("no benchmark backend is available", hint="start Ollama, or install llama-cpp-python")
-    if config.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {config.backend!r}", hint=f"choose one of: {', '.join(backend_names())}")
-    return BACKENDS[config.backend]
-
-
 def bench(config: BenchConfig) -> BenchResult:
     """Measure ``config.original`` and ``config.slim`` with one backend, in one run."""
     _validate(config)
@@ -179,8 +146,12 @@ def bench(config: BenchConfig) -> BenchResult:
         speeds = [_speed(session.target(i), samples[i], session.peak_memory(i)) for i in (0, 1)]
     finally:
         session.close()
-    settings = asdict(config) | {"prompts": len(config.prompts)}
-    return BenchResult(backend=backend.name, config=settings, original=speeds[0], slim=speeds[1], ratios=ratios(speeds[0], speeds[1]), ceilings=ceilings(speeds[0].params, speeds[1].params))
+    settings = {k: v for k, v in asdict(config).items() if k != "run_dir"} | {"prompts": len(config.prompts)}
+    result = BenchResult(backend=backend.name, config=settings, original=speeds[0], slim=speeds[1], ratios=ratios(speeds[0], speeds[1]), ceilings=ceilings(speeds[0].params, speeds[1].params))
+    run_dir = config.run_dir or (Path(config.slim) if Path(config.slim).is_dir() else None)
+    if run_dir is not None:
+        paths.write_json(RunLayout(Path(run_dir)).bench, result.to_json())
+    return result
 
 
 def _validate(config: BenchConfig) -> None:
@@ -290,5 +261,3 @@ def plot_bench(result: BenchResult, path: str | Path) -> Path:
     plt.close(fig)
     return Path(path)
 
-
-from ollama_slim.bench import backends as _backends  # noqa: E402,F401 - registers the built-in backends

@@ -11,7 +11,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ollama_slim.bench.speed import backend_names
+from ollama_slim.cli.display import verbose_option, working
+from ollama_slim.bench.speed import BenchConfig, backend_names
+from ollama_slim.cli.options import RegistryChoice, defaults
+
+_DEFAULTS = defaults(BenchConfig)
 
 
 def _fmt(value: float | None, spec: str = ".1f", prefix: str = "") -> str:
@@ -25,33 +29,31 @@ def _mb(value: int | None) -> str:
 @click.command("bench")
 @click.argument("original")
 @click.argument("slim")
-@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help="auto: Ollama when a server answers, else llama.cpp.")
+@click.option("--backend", type=RegistryChoice(backend_names()), default=_DEFAULTS["backend"], show_default=True, help="auto: Ollama when a server answers, else llama.cpp.")
 @click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), help="Text file, one prompt per line (default: three built-in prompts).")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Measured rounds per model (after one warm-up).")
-@click.option("--tokens", "n_predict", type=int, default=64, show_default=True, help="Tokens to generate per prompt.")
+@click.option("--repeats", type=int, default=_DEFAULTS["repeats"], show_default=True, help="Measured rounds per model (after one warm-up).")
+@click.option("--tokens", "n_predict", type=int, default=_DEFAULTS["n_predict"], show_default=True, help="Tokens to generate per prompt.")
 @click.option("--threads", type=int, help="llama.cpp threads (default: its own choice).")
 @click.option("--host", metavar="URL", help="Ollama server (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--png", "png", type=click.Path(path_type=Path), help="Also write a bar chart to this PNG file.")
+@verbose_option
 def command(original: str, slim: str, backend: str, prompts_file: Path | None, repeats: int, n_predict: int, threads: int | None, host: str | None, as_json: bool, png: Path | None) -> None:
     """Prompt and generation tokens/s of ORIGINAL and SLIM, in one run, as ratios.
 
     ORIGINAL and SLIM are Ollama model names (ollama backend), GGUF files or run
     directories (llama-cpp backend; an Ollama tag such as smollm2:135m resolves to
     its GGUF). Warm-up first, then alternating rounds; medians with min-max. The
-    ceiling column is what the parameter counts allow.
+    ceiling column is what the parameter counts allow. When SLIM is a run directory,
+    the result is also its bench.json.
     """
-    from ollama_slim.bench.speed import BenchConfig, bench, plot_bench, read_prompts
-    from ollama_slim.paths import write_json
-    from ollama_slim.pipeline.layout import RunLayout
+    from ollama_slim.bench.speed import bench, plot_bench, read_prompts
 
     config = BenchConfig(original=original, slim=slim, backend=backend, repeats=repeats, n_predict=n_predict, threads=threads, host=host)
     if prompts_file is not None:
         config = replace(config, prompts=read_prompts(prompts_file))
-    with Console(stderr=True).status(f"Benchmarking {original} and {slim}..."):
+    with working(f"Benchmarking {original} and {slim}..."):
         result = bench(config)
-    if Path(slim).is_dir():
-        write_json(RunLayout(Path(slim)).bench, result.to_json())
     if png is not None:
         plot_bench(result, png)
     if as_json:

@@ -9,21 +9,31 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ollama_slim.cli.display import verbose_option, working
+from ollama_slim.cli.options import RegistryChoice, defaults
+from ollama_slim.models.modeling import DTYPES
 from ollama_slim.slimming.bridges import BRIDGES
+from ollama_slim.slimming.build import BuildConfig
+
+_DEFAULTS = defaults(BuildConfig)
 
 
 @click.command("build")
 @click.argument("model")
 @click.option("--layers", metavar="LIST", help="Layers to keep, in order: comma-separated indices or ranges, e.g. 0,1,2,27-29.")
 @click.option("--selection", type=click.Path(dir_okay=False, path_type=Path), help="A selection file written by `ollama-slim select` (instead of --layers).")
-@click.option("--bridge", type=click.Choice(sorted(BRIDGES)), default="none", show_default=True, help="How to bridge the gaps left by removed layers.")
+@click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS["bridge"], show_default=True, help="How to bridge the gaps left by removed layers.")
 @click.option("--data", help="Data set (name or directory) whose train split calibrates the bridge fit.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: ./<model>-keep<N>].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: RUN/compact with --run-dir, else ./<model>-keep<N>].")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A run directory: its selection.json is the default --selection, RUN/compact the default --out, and the result goes to RUN/build.json.")
 @click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or local directory to use for MODEL.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True, help="Weight dtype of the compact model.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=_DEFAULTS["dtype"], show_default=True, help="Weight dtype of the compact model.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: str | None, out_dir: Path | None, hf: str | None, dtype: str, force: bool, as_json: bool) -> None:
+@verbose_option
+def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: str | None, out_dir: Path | None, run_dir: Path | None, hf: str | None,
+            dtype: str, force: bool, as_json: bool) -> None:
     """Build a compact model from MODEL keeping only some decoder layers.
 
     MODEL is an Ollama tag, a Hugging Face directory or a GGUF file. The kept layers
@@ -31,13 +41,13 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
     safetensors directory (loadable by `from_pretrained`), with a slim.json recording
     where it came from. Then: `ollama-slim export DIR`.
     """
-    from ollama_slim.slimming.build import BuildConfig, build_compact, parse_layers
+    from ollama_slim.slimming.build import build_compact, parse_layers
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
-        out_dir=out_dir, bridge=bridge, data=data, dtype=dtype, hf=hf, force=force,
+        out_dir=out_dir, bridge=bridge, data=data, dtype=dtype, hf=hf, force=force, run_dir=run_dir,
     )
-    with Console(stderr=True).status(f"Building a compact {model}..."):
+    with working(f"Building a compact {model}..."):
         result = build_compact(config)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ollama_slim.cli.display import live, verbose_option
+from ollama_slim.cli.options import RegistryChoice, defaults
+from ollama_slim.recsys.evaluate import EVAL_SPLITS, REGIMES, EvalConfig
 from ollama_slim.recsys.scorers import SCORERS
+
+_DEFAULTS = defaults(EvalConfig)
 
 
 def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -24,33 +30,37 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.command("eval")
 @click.argument("model")
 @click.option("--data", required=True, metavar="NAME_OR_PATH", help="A data directory (plain, Amazon 2014/2023, MovieLens, RecBole) or a named data set (movielens-100k).")
-@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True, help="Which leave-one-out target to rank.")
-@click.option("--users", type=int, default=200, show_default=True, help="Users drawn with the seed (0 = all).")
-@click.option("--negatives", type=int, default=19, show_default=True, help="Negatives per target.")
-@click.option("--regime", type=click.Choice(["uniform", "popularity"]), default="uniform", show_default=True, help="How negatives are drawn.")
-@click.option("--history", type=int, default=10, show_default=True, help="History titles in the prompt.")
-@click.option("--title-tokens", type=int, default=16, show_default=True, help="Candidate titles are scored on at most this many tokens.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the users, negatives and bootstrap.")
-@click.option("--backend", type=click.Choice(["auto", *SCORERS]), default="auto", show_default=True, help="auto: llama-cpp for a .gguf file, transformers otherwise.")
-@click.option("--batch", type=int, default=32, show_default=True, help="Candidates per forward pass.")
+@click.option("--split", type=RegistryChoice(EVAL_SPLITS), default=_DEFAULTS["split"], show_default=True, help="Which leave-one-out target to rank.")
+@click.option("--users", type=int, default=_DEFAULTS["users"], show_default=True, help="Users drawn with the seed (0 = all).")
+@click.option("--negatives", type=int, default=_DEFAULTS["negatives"], show_default=True, help="Negatives per target.")
+@click.option("--regime", type=RegistryChoice(REGIMES), default=_DEFAULTS["regime"], show_default=True, help="How negatives are drawn.")
+@click.option("--history", type=int, default=_DEFAULTS["history"], show_default=True, help="History titles in the prompt.")
+@click.option("--title-tokens", type=int, default=_DEFAULTS["title_tokens"], show_default=True, help="Candidate titles are scored on at most this many tokens.")
+@click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seed of the users, negatives and bootstrap.")
+@click.option("--backend", type=RegistryChoice(["auto", *SCORERS]), default=_DEFAULTS["backend"], show_default=True, help="auto: llama-cpp for a .gguf file, transformers otherwise.")
+@click.option("--batch", type=int, default=_DEFAULTS["batch"], show_default=True, help="Candidates per forward pass.")
 @click.option("--threads", type=int, help="CPU threads (default: all cores; 1 can be faster on a busy machine).")
 @click.option("--layers", callback=_layers, metavar="I,J,...", help="Run only these decoder layers (transformers backend).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Also record the result in this run directory, as eval_<label>.json.")
+@click.option("--label", default=_DEFAULTS["label"], show_default=True, help="With --run-dir: the result's name (prune writes slim, original, reference).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only, on stdout.")
 @click.option("--per-user", is_flag=True, help="With --json: include each user's rank and metrics.")
-def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, seed: int, backend: str, batch: int, threads: int | None, layers: list[int] | None, as_json: bool, per_user: bool) -> None:
+@verbose_option
+def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, seed: int, backend: str, batch: int,
+            threads: int | None, layers: list[int] | None, run_dir: Path | None, label: str, as_json: bool, per_user: bool) -> None:
     """Rank each user's next item among 1 + N candidates with MODEL (an Ollama tag, a
     Hugging Face directory or a .gguf file) and print NDCG@10, MRR and HR@1/5/10 with
     95% bootstrap intervals, beside the random and popularity baselines on the same
     candidates. Users, candidates and intervals are seeded: reruns give the same numbers.
     """
-    from ollama_slim.recsys.evaluate import EvalConfig, evaluate
+    from ollama_slim.recsys.evaluate import evaluate
 
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,
-        title_tokens=title_tokens, seed=seed, backend=backend, batch=batch, threads=threads,
+        title_tokens=title_tokens, seed=seed, backend=backend, batch=batch, threads=threads, run_dir=run_dir, label=label,
     )
     console = Console(stderr=True)
-    with Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=as_json) as bar:
+    with live(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=as_json) as bar:
         task = bar.add_task(f"{model} on {data} ({split})", total=None)
         result = evaluate(model, config, layers=layers, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from ollama_slim.cli.display import live, verbose_option
+from ollama_slim.cli.options import defaults
+from ollama_slim.slimming.finetune import FinetuneConfig
+
+_DEFAULTS = defaults(FinetuneConfig)
 
 
 @click.command("finetune")
@@ -16,39 +22,41 @@ from rich.table import Table
 @click.option("--data", required=True, metavar="DIR_OR_NAME", help="Data set directory or name (its train split is used).")
 @click.option("--steps", type=int, help="Optimizer steps.")
 @click.option("--epochs", type=float, help="Passes over the train examples (instead of --steps).")
-@click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA rank (adapters are merged before saving).")
+@click.option("--lora-rank", type=int, default=_DEFAULTS["lora_rank"], show_default=True, help="LoRA rank (adapters are merged before saving).")
 @click.option("--full", is_flag=True, help="Train every weight instead of LoRA adapters.")
 @click.option("--distill-from", metavar="TEACHER", help="Teacher model (tag or directory, same tokenizer): adds KL on the target title tokens.")
-@click.option("--distill-weight", type=float, default=0.5, show_default=True, help="Share of the distillation KL in the loss.")
-@click.option("--rank-negatives", type=int, default=0, show_default=True, metavar="K",
+@click.option("--distill-weight", type=float, default=_DEFAULTS["distill_weight"], show_default=True, help="Share of the distillation KL in the loss.")
+@click.option("--rank-negatives", type=int, default=_DEFAULTS["rank_negatives"], show_default=True, metavar="K",
               help="Also rank the target among K items the user never interacted with (seeded per step): a softmax "
                    "cross-entropy over the 1+K titles' mean log-probs, the score evaluation ranks by. 0: title loss only.")
-@click.option("--rank-weight", type=float, default=0.5, show_default=True, metavar="W",
+@click.option("--rank-weight", type=float, default=_DEFAULTS["rank_weight"], show_default=True, metavar="W",
               help="Share of the ranking loss, in [0, 1]: loss = (1-W) x title loss + W x ranking loss (with --rank-negatives).")
 @click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Examples per optimizer step (over all processes).")
-@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Write a checkpoint every N steps.")
+@click.option("--lr", type=float, default=_DEFAULTS["lr"], show_default=True, help="Peak learning rate.")
+@click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"], show_default=True, help="Examples per optimizer step (over all processes).")
+@click.option("--checkpoint-every", type=int, default=_DEFAULTS["checkpoint_every"], show_default=True, help="Write a checkpoint every N steps.")
 @click.option("--users", type=int, help="Train on this many users only (seeded draw).")
-@click.option("--history", type=int, default=5, show_default=True, help="History items in the prompt.")
+@click.option("--history", type=int, default=_DEFAULTS["history"], show_default=True, help="History items in the prompt.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default for a run: RUN/healed].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order and initialisation.")
+@click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seed of the batch order and initialisation.")
 @click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or local directory to use for MODEL.")
 @click.option("--force", is_flag=True, help="Replace an existing output directory; discard checkpoints made with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@verbose_option
 def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
             distill_weight: float, rank_negatives: int, rank_weight: float, train_bridges: bool, lr: float, batch_size: int,
             checkpoint_every: int, users: int | None, history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool, as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
     (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
 
-    RUN_OR_MODEL is a run directory (its compact model is healed into RUN/healed) or a
-    model (tag or directory; then --out is needed): the same command fine-tunes the
-    full model that serves as the reference. A checkpoint is written every
-    --checkpoint-every steps; after Ctrl-C, rerun the same command to resume. For
+    RUN_OR_MODEL is a run directory (its compact model is healed into RUN/healed, the
+    result recorded in RUN/finetune.json) or a model (tag or directory; then --out is
+    needed): the same command fine-tunes the full model that serves as the reference.
+    A checkpoint is written every --checkpoint-every steps; after Ctrl-C, rerun the
+    same command to resume. For
     several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
     """
-    from ollama_slim.slimming.finetune import FinetuneConfig, check_config, finetune
+    from ollama_slim.slimming.finetune import check_config, finetune
 
     config = FinetuneConfig(
         model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,
@@ -58,7 +66,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     )
     check_config(config)  # a bad option: one line, before the progress bar
     columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True), transient=as_json) as progress:
+    with live(*columns, transient=as_json) as progress:
         task = progress.add_task("steps", total=None, loss="-")
 
         def on_step(p) -> None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
+from ollama_slim.cli.display import stage_display, verbose_option
+from ollama_slim.cli.options import RegistryChoice, comma_list
+from ollama_slim.gguf.export import outtypes
+from ollama_slim.models.modeling import DTYPES
 from ollama_slim.pipeline.prune import STAGES, PruneConfig
+from ollama_slim.slimming.bridges import BRIDGES
+from ollama_slim.slimming.importance.methods import METHODS
+from ollama_slim.slimming.selection import STRATEGIES
 
 _DEFAULTS = PruneConfig(model="-", keep=1)
 
@@ -38,9 +47,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--keep", type=int, help="How many decoder layers to keep.")
 @click.option("--name", help="Ollama name of the slim model [default: <family>-slim].")
 @click.option("--data", default=_DEFAULTS.data, show_default=True, help="Data set name or directory (train for scores/healing, valid for selection, test for the report).")
-@click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, help="Layer-importance methods, comma-separated (fused by mean rank).")
-@click.option("--strategy", default=_DEFAULTS.strategy, show_default=True, help="Selection strategy: ranked, backward or forward.")
-@click.option("--bridge", default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers: none, mlp-fold or rotation.")
+@click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, metavar="LIST", callback=comma_list(lambda: METHODS),
+              help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
+@click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
+@click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers.")
 @click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA); 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)
@@ -48,10 +58,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--rank-negatives", type=int, default=_DEFAULTS.rank_negatives, show_default=True, help="Healing also ranks the target among K seeded never-seen items (0: title loss only).")
 @click.option("--rank-weight", type=float, default=_DEFAULTS.rank_weight, show_default=True, help="Share of the ranking loss in healing, in [0, 1].")
 @click.option("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, show_default=True, help="Healing checkpoint interval (steps); a rerun resumes from the last.")
-@click.option("--outtype", default=_DEFAULTS.outtype, show_default=True, help="GGUF type: f32, f16, bf16, q8_0, q4_k_m...")
+@click.option("--outtype", type=RegistryChoice(outtypes()), default=_DEFAULTS.outtype, show_default=True, help="GGUF tensor type.")
 @click.option("--register/--no-register", default=True, show_default=True, help="Register the slim model in Ollama (needs a server).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Run directory [default: runs/<name>].")
-@click.option("--from", "from_stage", type=click.Choice(STAGES), help="Redo this stage and every later one.")
+@click.option("--from", "from_stage", type=RegistryChoice(STAGES), help="Redo this stage and every later one.")
 @click.option("--hf", help="Hugging Face repo id or directory of the original's weights.")
 @click.option("--calib-users", type=int, default=_DEFAULTS.calib_users, show_default=True, help="Train users for layer scores.")
 @click.option("--val-users", type=int, default=_DEFAULTS.val_users, show_default=True, help="Validation users for selection.")
@@ -64,9 +74,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--cross-domain", help="Also evaluate on a second data set (e.g. movielens-100k).")
 @click.option("--host", help="Ollama server URL [default: $OLLAMA_HOST or http://127.0.0.1:11434].")
 @click.option("--force", is_flag=True, help="Replace an existing Ollama model of that name.")
-@click.option("--dtype", default=_DEFAULTS.dtype, show_default=True, help="float32 or bfloat16 (GPUs).")
+@click.option("--dtype", type=RegistryChoice(DTYPES), default=_DEFAULTS.dtype, show_default=True, help="Weight dtype for scoring and selection (bfloat16 on GPUs).")
 @click.option("--device-map", help="accelerate device map for large models, e.g. auto.")
-def command(model: str | None, keep: int | None, methods: str, **options: Any) -> None:
+@verbose_option
+def command(model: str | None, keep: int | None, **options: Any) -> None:
     """Slim MODEL (an Ollama tag) to KEEP layers and register it as a new Ollama model.
 
     Chains resolve, score, select, build, finetune, export, register, bench and eval in
@@ -84,18 +95,14 @@ def command(model: str | None, keep: int | None, methods: str, **options: Any) -
 
     if model is None or keep is None:
         raise UsageError("prune needs MODEL and --keep", hint="e.g. ollama-slim prune smollm2:135m --keep 10")
-    config = PruneConfig(model=model, keep=keep, methods=tuple(m for m in methods.split(",") if m), **options)
-    console = Console(stderr=True)
-    with console.status(f"prune {model} -> {config.slim_name}") as status:
-        result = prune(config, progress=lambda msg: _show(console, status, msg))
-    console.print(f"[bold green]done[/] in {sum(result.timings.values()):.0f}s (ran: {', '.join(result.ran) or 'nothing'}; skipped: {', '.join(result.skipped) or 'nothing'})")
+    config = PruneConfig(model=model, keep=keep, **options)
+    console = Console(stderr=True, highlight=False)
+    console.print(escape(f"ollama-slim prune {model} -> {config.slim_name} in {config.root()}"))
+    began = time.perf_counter()
+    with stage_display() as show:
+        result = prune(config, progress=show)
+    console.print(f"[bold green]done[/] in {time.perf_counter() - began:.1f}s (ran {len(result.ran)} stages, skipped {len(result.skipped)})")
     for label, path in (("GGUF", result.gguf), ("Modelfile", result.modelfile), ("report", result.report)):
-        console.print(f"  {label:9} {path}")
+        console.print(escape(f"  {label:9} {path}"))
     if result.registered:
         console.print(f"  ollama run {result.registered}")
-
-
-def _show(console: Console, status: Any, message: str) -> None:
-    status.update(message)
-    if message.endswith((": done", ": skip")):
-        console.print(f"  {message}")

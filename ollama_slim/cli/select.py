@@ -8,20 +8,27 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ollama_slim.slimming.selection import DEFAULT_STRATEGY, STRATEGIES
+from ollama_slim.cli.display import verbose_option, working
+from ollama_slim.cli.options import RegistryChoice, defaults
+from ollama_slim.models.modeling import DTYPES
+from ollama_slim.slimming.selection import STRATEGIES, SelectConfig
+
+_DEFAULTS = defaults(SelectConfig)
 
 
 @click.command("select")
 @click.argument("run_or_model")
 @click.option("--keep", type=int, help="Number of layers to keep.")
 @click.option("--min-retained", type=float, help="Keep the fewest layers that retain this share of the full model's NDCG@10 lift over chance.")
-@click.option("--strategy", default=DEFAULT_STRATEGY, show_default=True, metavar="NAME", help=f"Selection strategy: {', '.join(STRATEGIES)}.")
+@click.option("--strategy", type=RegistryChoice(STRATEGIES, unknown="unknown selection strategy"), default=_DEFAULTS["strategy"], show_default=True,
+              help="Selection strategy.")
 @click.option("--data", metavar="DIR_OR_NAME", help="Data set [default: the one the scores were computed on].")
-@click.option("--val-users", default=64, show_default=True, type=int, help="Validation users to evaluate subsets on.")
+@click.option("--val-users", default=_DEFAULTS["val_users"], show_default=True, type=int, help="Validation users to evaluate subsets on.")
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Run directory when RUN_OR_MODEL is a model [default: runs/<model>].")
 @click.option("--hf", metavar="REPO_OR_DIR", help="Hugging Face repo id or directory to use for the model.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--dtype", default=_DEFAULTS["dtype"], show_default=True, type=click.Choice(DTYPES))
 @click.option("--device-map", default=None, metavar="MAP", help="accelerate device map, e.g. auto.")
+@verbose_option
 def command(run_or_model: str, keep: int | None, min_retained: float | None, strategy: str, data: str | None, val_users: int,
             run_dir: Path | None, hf: str | None, dtype: str, device_map: str | None) -> None:
     """Select the layers of a model to keep (RUN_OR_MODEL: a run directory or a model).
@@ -31,13 +38,12 @@ def command(run_or_model: str, keep: int | None, min_retained: float | None, str
     each step is measured on the validation split. Writes selection.json (read by
     `build`) and selection.png.
     """
-    from ollama_slim.slimming.selection import SelectConfig, select_layers
+    from ollama_slim.slimming.selection import select_layers
 
     config = SelectConfig(source=run_or_model, keep=keep, min_retained=min_retained, strategy=strategy, data=data, val_users=val_users,
                           run_dir=run_dir, hf=hf, dtype=dtype, device_map=device_map)
-    err = Console(stderr=True)
-    with err.status("Selecting layers...") as status:
-        result = select_layers(config, progress=lambda text: status.update(f"Selecting layers ({strategy}): {text}"))
+    with working("Selecting layers...") as status:
+        result = select_layers(config, progress=lambda text: status(f"Selecting layers ({strategy}): {text}"))
     table = Table(title=f"{strategy} selection on {val_users} validation users")
     for name in ("layers kept", "changed", "val loss", "NDCG@10", "retained"):
         table.add_column(name, justify="right")

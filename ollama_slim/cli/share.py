@@ -9,6 +9,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.cli.display import verbose_option, working
 from ollama_slim.sharing.share import DEFAULT_QUANTS
 
 
@@ -26,6 +28,7 @@ from ollama_slim.sharing.share import DEFAULT_QUANTS
 @click.option("--host", metavar="URL", help="Ollama server for --ollama (default: $OLLAMA_HOST, else http://127.0.0.1:11434).")
 @click.option("--force", is_flag=True, help="Replace an existing folder, Hub repository content or pushed model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@verbose_option
 def command(run_dir: Path, out: Path | None, quants: str, license_id: str | None, name: str | None, users: int | None, repeats: int,
             hf_repo: str | None, private: bool, ollama_name: str | None, host: str | None, force: bool, as_json: bool) -> None:
     """Prepare RUN (a `prune` run) for sharing, the way the community shares GGUFs.
@@ -39,15 +42,15 @@ def command(run_dir: Path, out: Path | None, quants: str, license_id: str | None
     """
     from ollama_slim.sharing.share import PublishConfig, ShareConfig, prepare_share, publish
 
-    config = ShareConfig(run_dir=run_dir, out=out or run_dir / "hub", quants=tuple(q for q in quants.split(",") if q.strip()), license=license_id,
+    config = ShareConfig(run_dir=run_dir, out=out or RunLayout(run_dir).hub_dir, quants=tuple(q for q in quants.split(",") if q.strip()), license=license_id,
                          name=name, users=users, bench_repeats=repeats, repo=hf_repo, force=force)
     console = Console(stderr=True)
-    with console.status(f"Preparing {config.out}...") as status:
-        result = prepare_share(config, progress=lambda msg: status.update(msg))
+    with working(f"Preparing {config.out}...") as status:
+        result = prepare_share(config, progress=status)
     record = {"folder": result.to_json()}
     if hf_repo or ollama_name:
-        with console.status("Publishing...") as status:
-            record = publish(result, run_dir, PublishConfig(hf=hf_repo, private=private, ollama=ollama_name, host=host, force=force), progress=lambda p: status.update(_progress(p)))
+        with working("Publishing...") as status:
+            record = publish(result, run_dir, PublishConfig(hf=hf_repo, private=private, ollama=ollama_name, host=host, force=force), progress=lambda p: status(_progress(p)))
     if as_json:
         click.echo(json.dumps(record, indent=2, default=str))
         return

@@ -16,10 +16,9 @@ import os
 import re
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ollama_slim import __version__, paths
 from ollama_slim.slimming.build import read_provenance
@@ -28,6 +27,7 @@ from ollama_slim.models.families import Family, family
 from ollama_slim.gguf.check import CheckResult, check_gguf, check_thresholds
 from ollama_slim.gguf.tokenizer import GGUFTokenizer, export_tables, from_source_gguf, from_tokenizer_json
 from ollama_slim.models.licensing import BaseModel, License, base_model_of, original_license, share_tags
+from ollama_slim.quiet import native_output
 
 __all__ = ["CheckResult", "ExportConfig", "ExportResult", "check_gguf", "export_gguf", "outtypes"]
 
@@ -451,26 +451,8 @@ def quantize_gguf(*, src: Path, dst: Path, llama_ftype: str) -> None:
     params.nthread = os.cpu_count() or 1
     with native_output() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+        said = log.read_text(errors="replace")  # the log file goes with the context
     if rc != 0:
-        last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "no message")
+        last = next((line for line in reversed(said.splitlines()) if line.strip()), "no message")
         raise ExportError(f"llama.cpp's quantizer failed ({llama_ftype}, code {rc}: {last.strip()})", hint="try --outtype q8_0 or f16")
 
-
-@contextmanager
-def native_output() -> Iterator[Path]:
-    """Send what native code writes to fds 1 and 2 into a temp file (yielded) instead of the terminal."""
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.NamedTemporaryFile(prefix="ollama-slim-native-", suffix=".log") as log:
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            yield Path(log.name)
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)

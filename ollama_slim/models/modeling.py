@@ -18,13 +18,18 @@ class LoadOptions:
     trust_remote_code: bool = False
 
 
+DTYPES = ("float32", "bfloat16", "float16")  # the --dtype choices
+_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def torch_dtype(name: str) -> Any:
+    """The torch dtype of a :data:`DTYPES` name (or its short alias: fp32, bf16, fp16)."""
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
+    name = _ALIASES.get(name, name)
+    if name not in DTYPES:
         raise SourceError(f"unknown dtype {name!r}", hint="use float32, bfloat16 or float16")
-    return table[name]
+    return getattr(torch, name)
 
 
 def load_model(model_dir: str | Path, options: LoadOptions = LoadOptions()) -> Any:

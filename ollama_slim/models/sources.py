@@ -20,6 +20,7 @@ from ollama_slim.errors import SourceError, UnsupportedArchitectureError
 from ollama_slim.models.families import family
 from ollama_slim.sharing.hub import offline_mode, parse_hf_ref, ref_gguf
 from ollama_slim.models.tags import OllamaName, TagEntry, lookup, parse_name, unknown_tag
+from ollama_slim.pipeline.layout import RunLayout
 
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 _HF_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
@@ -46,6 +47,23 @@ class ResolvedModel:
         d["model_dir"] = str(self.model_dir)
         d["gguf_path"] = str(self.gguf_path) if self.gguf_path else None
         return d
+
+
+@dataclass(frozen=True)
+class ResolveConfig:
+    """The ``resolve`` stage: a model reference, an optional HF twin, the run to record it in."""
+
+    model: str
+    hf: str | None = None
+    run_dir: Path | None = None  # writes <run>/resolve.json when given
+
+
+def resolve_model(config: ResolveConfig) -> ResolvedModel:
+    """:func:`resolve` as a stage: the result is also ``resolve.json`` of ``config.run_dir``."""
+    resolved = resolve(config.model, hf=config.hf)
+    if config.run_dir is not None:
+        paths.write_json(RunLayout(Path(config.run_dir)).resolve, resolved.to_json())
+    return resolved
 
 
 def resolve(ref: str, *, hf: str | None = None, offline: bool | None = None) -> ResolvedModel:

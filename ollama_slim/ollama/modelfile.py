@@ -24,6 +24,7 @@ from typing import Any
 from ollama_slim import paths
 from ollama_slim.errors import ExportError, OllamaError, SlimError
 from ollama_slim.ollama.api import ApiOptions
+from ollama_slim.pipeline.layout import RunLayout
 
 INSTRUCTIONS = frozenset(
     {"from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter", "message", "requires"}
@@ -299,9 +300,10 @@ def from_reference(gguf: Path, modelfile: Path) -> str:
 
 
 def modelfile_path_for(gguf: Path) -> Path:
-    """The Modelfile beside a GGUF: ``Modelfile`` for ``model.gguf``, else ``<stem>.Modelfile``."""
+    """The Modelfile beside a GGUF: the run's ``Modelfile`` for a run's ``model.gguf``, else ``<stem>.Modelfile``."""
     gguf = Path(gguf)
-    return gguf.with_name("Modelfile") if gguf.name == "model.gguf" else gguf.with_name(f"{gguf.stem}.Modelfile")
+    run = RunLayout(gguf.parent)
+    return run.modelfile if gguf.name == run.gguf.name else gguf.with_name(f"{gguf.stem}.Modelfile")
 
 
 # --------------------------------------------------------------------------- template and stops

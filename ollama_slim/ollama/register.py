@@ -43,21 +43,39 @@ class RegisterResult:
         return d
 
 
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Register the GGUF ``source`` (a file, or a run directory holding one) in Ollama as ``name``."""
+
+    source: Path
+    name: str
+    force: bool = False  # replace a model of that name
+    host: str | None = None
+    chat: str | None = None  # a chat-template family instead of the original's
+    run_dir: Path | None = None  # where register.json goes (default: ``source``, when it is a directory)
+
+
 def register(*, source: str | Path, name: str, force: bool = False, host: str | None = None, api: ApiOptions | None = None, chat: str | None = None) -> RegisterResult:
-    """Register the GGUF ``source`` (a file, or a run directory holding one) as ``name``.
+    """:func:`register_model` with keyword arguments."""
+    return register_model(RegisterConfig(source=Path(source), name=name, force=force, host=host, chat=chat), api=api)
+
+
+def register_model(config: RegisterConfig, *, api: ApiOptions | None = None) -> RegisterResult:
+    """Register ``config.source`` as ``config.name``; the result is also the run's ``register.json``.
 
     Raises :class:`UsageError` for a name Ollama would refuse, :class:`OllamaError` when the
-    server is down, slow or refuses, or when ``name`` exists and ``force`` is not set.
+    server is down, slow or refuses, or when the name exists and ``force`` is not set.
     """
+    name = config.name
     parse_name(name)  # Ollama's name rules, before any upload
     options = api or ApiOptions()
-    options = replace(options, host=host) if host is not None else options
-    gguf = find_gguf(Path(source))
-    modelfile, spec, template_source = modelfile_for(gguf, chat=chat, options=options)
+    options = replace(options, host=config.host) if config.host is not None else options
+    gguf = find_gguf(Path(config.source))
+    modelfile, spec, template_source = modelfile_for(gguf, chat=config.chat, options=options)
     ollama = client(options)
     call(ollama.list, action="list its models", options=options, safe=True)  # one clear line if no server
     replaced = find_model(ollama, name, options=options) is not None
-    if replaced and not force:
+    if replaced and not config.force:
         raise OllamaError(f"model {name!r} already exists in Ollama at {host_url(options.host)}", hint="pass --force to replace it, or choose another --name")
     digest = call(lambda: ollama.create_blob(gguf), action=f"upload {gguf.name}", options=options, safe=True)
     call(lambda: _create(ollama, name=name, digest=digest, spec=spec), action=f"create model {name!r}", options=options, safe=False)
@@ -67,9 +85,15 @@ def register(*, source: str | Path, name: str, force: bool = False, host: str | 
         name=name, host=host_url(options.host), gguf=gguf, modelfile=modelfile, digest=digest, size_bytes=gguf.stat().st_size,
         replaced=replaced, template_source=template_source, stops=spec.stops,
     )
-    if Path(source).is_dir():
-        paths.write_json(RunLayout(Path(source)).register, result.to_json())
+    run_dir = config.run_dir or (Path(config.source) if Path(config.source).is_dir() else None)
+    if run_dir is not None:
+        paths.write_json(RunLayout(Path(run_dir)).register, result.to_json())
     return result
+
+
+def record_not_registered(run_dir: Path, *, reason: str) -> Path:
+    """``register.json`` of a run whose model was deliberately not registered."""
+    return paths.write_json(RunLayout(Path(run_dir)).register, {"registered": False, "reason": reason})
 
 
 def _create(ollama: Any, *, name: str, digest: str, spec: ModelfileSpec) -> Any:

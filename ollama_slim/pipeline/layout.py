@@ -2,6 +2,7 @@
 
 Every stage reads its inputs from and writes its result to a run directory, so a
 run can be resumed, inspected and redone from any stage. File names live here only.
+This module imports nothing of ollama_slim, so every package may use it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STAGES = ("resolve", "score", "select", "build", "finetune", "export", "register", "bench")
+RUNS_DIR = Path("runs")  # where runs go when no --run-dir is given
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class RunLayout:
 
     root: Path
 
+    # -- resolve, score, select -------------------------------------------------------
     @property
     def resolve(self) -> Path:
         return self.root / "resolve.json"
@@ -38,18 +40,40 @@ class RunLayout:
     def selection_png(self) -> Path:
         return self.root / "selection.png"
 
+    # -- build, finetune, reference ---------------------------------------------------
     @property
     def compact_dir(self) -> Path:
         return self.root / "compact"
 
     @property
+    def build_record(self) -> Path:
+        """The build result: kept layers, parameter counts, bridge summary."""
+        return self.root / "build.json"
+
+    @property
     def finetune_dir(self) -> Path:
+        """Healing checkpoints of ``ollama-slim finetune RUN``."""
         return self.root / "finetune"
 
     @property
     def healed_dir(self) -> Path:
         return self.root / "healed"
 
+    @property
+    def finetune_record(self) -> Path:
+        """The healing result: mode, steps, losses."""
+        return self.root / "finetune.json"
+
+    @property
+    def reference_dir(self) -> Path:
+        """The full model fine-tuned with the same budget (``prune --reference``)."""
+        return self.root / "reference"
+
+    def model_dir(self) -> Path:
+        """The run's slim model: ``healed/`` once it exists, else ``compact/``."""
+        return self.healed_dir if (self.healed_dir / "config.json").is_file() else self.compact_dir
+
+    # -- export, register, bench, eval ------------------------------------------------
     @property
     def gguf(self) -> Path:
         return self.root / "model.gguf"
@@ -59,6 +83,20 @@ class RunLayout:
         return self.root / "Modelfile"
 
     @property
+    def export_record(self) -> Path:
+        """The export result with its llama.cpp acceptance figures."""
+        return self.root / "export.json"
+
+    def original_gguf(self, outtype: str) -> Path:
+        """The original model at the slim model's outtype, for the speed benchmark."""
+        return self.root / f"original.{outtype}.gguf"
+
+    def find_original_gguf(self) -> Path | None:
+        """The original's GGUF that export wrote, whatever its outtype."""
+        found = sorted(self.root.glob("original.*.gguf"))
+        return found[0] if found else None
+
+    @property
     def register(self) -> Path:
         return self.root / "register.json"
 
@@ -66,9 +104,23 @@ class RunLayout:
     def bench(self) -> Path:
         return self.root / "bench.json"
 
+    def eval_record(self, label: str) -> Path:
+        """One evaluation: ``eval_slim.json``, ``eval_original.json``, ``eval_cross_slim.json``..."""
+        return self.root / f"eval_{label}.json"
+
+    # -- report, share, bookkeeping ---------------------------------------------------
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def speed_quality_png(self) -> Path:
+        return self.root / "speed_quality.png"
+
+    @property
+    def plots(self) -> tuple[Path, ...]:
+        """The report's plots, in the order a model card shows them."""
+        return (self.speed_quality_png, self.selection_png, self.scores_png)
 
     @property
     def prune_record(self) -> Path:
@@ -76,16 +128,22 @@ class RunLayout:
         return self.root / "prune.json"
 
     @property
-    def export_record(self) -> Path:
-        """The export result with its llama.cpp acceptance figures."""
-        return self.root / "export.json"
-
-    @property
     def share_record(self) -> Path:
         """What ``share`` published (Hub repo, Ollama name) and with which files."""
         return self.root / "share.json"
 
     @property
+    def hub_dir(self) -> Path:
+        """The default folder ``share`` writes the Hub repository to."""
+        return self.root / "hub"
+
+    @property
     def state(self) -> Path:
         """Stage bookkeeping for `prune`: the inputs hash each stage ran with."""
         return self.root / "state.json"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run directory (a folder of stage results), not a model directory."""
+    path = Path(path)
+    return path.is_dir() and not (path / "config.json").is_file()

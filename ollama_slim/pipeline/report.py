@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_slim import paths
+from ollama_slim.pipeline.layout import RunLayout
 
 METRIC_ROWS = ("ndcg@10", "mrr", "hr@1", "hr@5", "hr@10")
 _SPEED_LABELS = {"prompt_tps": "prompt tokens/s", "gen_tps": "generation tokens/s", "size": "file size", "peak_memory": "peak memory"}
@@ -34,6 +35,7 @@ class ReportInputs:
     retained: dict[str, Any] | None
     cross_domain: dict[str, dict[str, Any]] = field(default_factory=dict)
     bench: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None  # export.json: the llama.cpp acceptance check
     files: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
@@ -138,7 +140,7 @@ def _generation_speeds(bench: dict[str, Any] | None) -> dict[str, float]:
 
 def render(inputs: ReportInputs) -> str:
     """The Markdown text of the report."""
-    m = inputs.model
+    m, layout = inputs.model, RunLayout(inputs.run_dir)
     kept = ", ".join(map(str, inputs.kept))
     lines = [
         f"# ollama-slim report: {m.get('tag') or m.get('ref')} → {inputs.slim_name}", "",
@@ -149,18 +151,33 @@ def render(inputs: ReportInputs) -> str:
         f"(leave-one-out; layer scores on train, selection on validation, figures below on test).",
         f"- Kept layers ({len(inputs.kept)} of {inputs.num_layers}): {kept}; bridge: `{inputs.bridge}`.",
         f"- Healing: {_describe_finetune(inputs.finetune)}.",
-        "", "![layer scores](scores.png)", "", "![selection curve](selection.png)", "",
+        "", f"![layer scores]({layout.scores_png.name})", "", f"![selection curve]({layout.selection_png.name})", "",
         "## Recommendation quality (test split)", "",
         *quality_table(inputs.quality), "", *_quality_statement(inputs), "",
     ]
     if inputs.cross_domain:
         lines += ["## Cross-domain check", "", *quality_table(inputs.cross_domain), ""]
-    lines += ["## Speed", "", *_speed_lines(inputs.bench), "", "![speed vs quality](speed_quality.png)", ""]
+    lines += ["## Speed", "", *_speed_lines(inputs.bench), "", f"![speed vs quality]({layout.speed_quality_png.name})", ""]
+    lines += ["## Export check (llama.cpp against transformers)", "", *_export_lines(inputs.export), ""]
     lines += _files_and_timings(inputs)
     lines += ["## Reproduce", "", "```", *inputs.commands, "```", ""]
     if inputs.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in inputs.notes], ""]
     return "\n".join(lines)
+
+
+def _export_lines(export: dict[str, Any] | None) -> list[str]:
+    """The acceptance figures of the GGUF: logit difference, top-1 and top-5 agreement."""
+    check = (export or {}).get("check")
+    if not check:
+        return ["No acceptance check in this run."]
+    n = check["n_prompts"]
+    return [
+        "| outtype | max abs logit difference / max abs logit | top-1 agreement | top-5 agreement | passed |", "|---|---|---|---|---|",
+        f"| `{export.get('outtype', '?')}` | {check['rel_diff']:.2g} ({check['max_abs_diff']:.3g} / {check['max_abs_logit']:.3g}) | "
+        f"{check['top1_agree']}/{n} | {check['top5_agree']}/{n} | {'yes' if check['passed'] else 'no'} |",
+        "", f"The same {n} prompts through both, logits of every position compared.",
+    ]
 
 
 def _describe_finetune(info: dict[str, Any]) -> str:
@@ -187,5 +204,6 @@ def _files_and_timings(inputs: ReportInputs) -> list[str]:
 
 def write_report(inputs: ReportInputs) -> Path:
     """Write ``report.md`` (and ``speed_quality.png``) into the run directory, atomically."""
-    speed_quality_plot(inputs, inputs.run_dir / "speed_quality.png")
-    return paths.write_text(inputs.run_dir / "report.md", render(inputs))
+    layout = RunLayout(inputs.run_dir)
+    speed_quality_plot(inputs, layout.speed_quality_png)
+    return paths.write_text(layout.report, render(inputs))

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ollama_slim import paths
+from ollama_slim.pipeline.config import PruneConfig, command_line
+from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.report import ReportInputs, write_report
 from ollama_slim.recsys.retained import retained_on_lift
 
@@ -27,37 +29,33 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "per_user"}
 
 
-def write_run_report(plan: Any) -> Path:
-    """Write ``report.md`` for the run of ``plan`` (a pipeline ``_Plan``)."""
-    from ollama_slim.pipeline.prune import command_line
-
-    c, layout = plan.config, plan.layout
-    evals = {label: _read(plan.eval_path(label)) for label in plan.eval_targets()}
+def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
+    """Write ``report.md`` for the run of ``config`` from the result files in ``layout``."""
+    c = config
+    evals = {label: _read(layout.eval_record(label)) for label in c.eval_targets()}
     labels = {"original": "original (zero-shot)", "slim": "slim (healed)", "reference": "reference: full model fine-tuned, same budget"}
     quality = {labels[k]: _strip(v) for k, v in evals.items() if k in labels}
     cross = {labels[k.removeprefix("cross_")] + f" on {c.cross_domain}": _strip(v) for k, v in evals.items() if k.startswith("cross_")}
-    selection = _read(layout.selection)
-    finetune = _read(plan.finetune_record)
-    state = _read(layout.state)
-    files = {p.name: p.stat().st_size for p in (layout.gguf, plan.original_gguf, layout.modelfile) if p.is_file()}
-    register = _read(layout.register)
+    selection, finetune, register = _read(layout.selection), _read(layout.finetune_record), _read(layout.register)
+    original_gguf = layout.original_gguf(c.outtype)
+    files = {p.name: p.stat().st_size for p in (layout.gguf, original_gguf, layout.modelfile) if p.is_file()}
     inputs = ReportInputs(
-        run_dir=layout.root, model=plan.resolved(), slim_name=c.slim_name, data=c.data, dataset=evals["slim"].get("data", {}),
+        run_dir=layout.root, model=_read(layout.resolve), slim_name=c.slim_name, data=c.data, dataset=evals["slim"].get("data", {}),
         kept=selection.get("kept", []), num_layers=selection.get("num_layers", 0), bridge=c.bridge,
         finetune={"mode": finetune.get("mode", "lora"), "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size,
                   "final_loss": finetune.get("final_loss")},
-        quality=quality, retained=_retained(evals), cross_domain=cross, bench=_read(layout.bench), files=files,
-        timings={k: v.get("seconds", 0.0) for k, v in state.items() if isinstance(v, dict)},
-        commands=[command_line(c), f"ollama-slim bench {plan.original_gguf} {layout.gguf}"], registered=register.get("name") if register.get("registered", True) and register else None,
-        notes=_notes(c),
+        quality=quality, retained=_retained(evals), cross_domain=cross, bench=_read(layout.bench), export=_read(layout.export_record) or None, files=files,
+        timings={k: v.get("seconds", 0.0) for k, v in _read(layout.state).items() if isinstance(v, dict)},
+        commands=[command_line(c), f"ollama-slim bench {original_gguf} {layout.gguf}"], registered=register.get("name") if register.get("registered", True) and register else None,
+        notes=_notes(c, layout),
     )
     return write_report(inputs)
 
 
-def _notes(c: Any) -> list[str]:
+def _notes(c: PruneConfig, layout: RunLayout) -> list[str]:
     notes = []
     if not c.register:
-        notes.append("Not registered (--no-register): `ollama-slim register " + str(Path(c.root()) / "model.gguf") + f" --name {c.slim_name}` does it once an Ollama server answers.")
+        notes.append(f"Not registered (--no-register): `ollama-slim register {layout.gguf} --name {c.slim_name}` does it once an Ollama server answers.")
     if not c.use_reference():
         notes.append("No reference fine-tune of the full model (off by default without a GPU; --reference turns it on): the quality table compares the healed slim model with the untuned original.")
     return notes

@@ -1,226 +1,179 @@
-"""The stage bodies of ``prune``: each calls the library function of its own command."""
+"""The stage table of ``prune``: for each stage, its library config, its outputs and its call.
+
+A stage's config is built from the :class:`~ollama_slim.pipeline.config.PruneConfig` and the
+run layout alone (never from another stage's files), so its key (:func:`stage_options`) is
+known before anything runs; what a stage reads from earlier stages is covered by the
+runner chaining each key to the one before. Each ``run`` only calls the stage's library
+function, which writes the stage's result file into the run directory itself.
+"""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ollama_slim import paths
+from ollama_slim.bench.speed import BenchConfig, bench
+from ollama_slim.gguf.run_export import RunExportConfig, export_run
+from ollama_slim.models.sources import ResolveConfig, resolve_model
+from ollama_slim.ollama.register import RegisterConfig, record_not_registered, register_model
+from ollama_slim.pipeline.config import PruneConfig
 from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.pipeline.run_report import write_run_report
+from ollama_slim.pipeline.runner import config_key
+from ollama_slim.recsys.evaluate import EvalConfig, evaluate
+from ollama_slim.recsys.prompt import PromptConfig
+from ollama_slim.slimming.build import BuildConfig, build_compact
+from ollama_slim.slimming.finetune import FinetuneConfig, finetune
+from ollama_slim.slimming.importance.stage import ScoreConfig, score_layers
+from ollama_slim.slimming.selection import SelectConfig, select_layers
 
-StageSpec = tuple[dict[str, Any], list[Path], Callable[[], None]]
+Say = Callable[[str], None]
 
 
-@dataclass
-class _Plan:
-    """Builds each stage's (options, outputs, work) from the prune config and run layout."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``config(prune, layout)`` (None: off), ``outputs(prune, layout)``, ``run(config, layout, say)``."""
 
-    config: Any  # PruneConfig
-    layout: RunLayout
-    say: Callable[[str], None]
+    name: str
+    config: Callable[[PruneConfig, RunLayout], Any]
+    outputs: Callable[[PruneConfig, RunLayout], list[Path]]
+    run: Callable[[Any, RunLayout, Say], Any]
 
-    def stage(self, name: str) -> StageSpec:
-        return getattr(self, f"_{name}")()
 
-    # -- paths -----------------------------------------------------------------------
-    @property
-    def reference_dir(self) -> Path:
-        return self.layout.root / "reference"
+def _prompt(c: PruneConfig) -> PromptConfig:
+    return PromptConfig(history=c.history, title_words=c.title_words)
 
-    @property
-    def original_gguf(self) -> Path:
-        return self.layout.root / f"original.{self.config.outtype}.gguf"
 
-    @property
-    def finetune_record(self) -> Path:
-        return self.layout.root / "finetune.json"
+# -- resolve, score, select, build ----------------------------------------------------
 
-    def eval_path(self, label: str) -> Path:
-        return self.layout.root / f"eval_{label}.json"
 
-    def resolved(self) -> dict[str, Any]:
-        return paths.read_json(self.layout.resolve)
+def _resolve_config(c: PruneConfig, layout: RunLayout) -> ResolveConfig:
+    return ResolveConfig(model=c.model, hf=c.hf, run_dir=layout.root)
 
-    def model_dir(self) -> str:
-        return self.resolved()["model_dir"]
 
-    # -- stages ----------------------------------------------------------------------
-    def _resolve(self) -> StageSpec:
-        def work() -> None:
-            from ollama_slim.models.sources import resolve
+def _score_config(c: PruneConfig, layout: RunLayout) -> ScoreConfig:
+    return ScoreConfig(model=c.model, hf=c.hf, data=c.data, methods=c.methods, calib_users=c.calib_users, run_dir=layout.root,
+                       dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=_prompt(c))
 
-            paths.write_json(self.layout.resolve, resolve(self.config.model, hf=self.config.hf).to_json())
 
-        return {"model": self.config.model, "hf": self.config.hf}, [self.layout.resolve], work
+def _select_config(c: PruneConfig, layout: RunLayout) -> SelectConfig:
+    return SelectConfig(source=str(layout.root), hf=c.hf, keep=c.keep, strategy=c.strategy, data=c.data, val_users=c.val_users,
+                        run_dir=layout.root, dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=_prompt(c))
 
-    def _score(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.slimming.importance.stage import ScoreConfig, score_layers
+def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:
+    return BuildConfig(model=c.model, hf=c.hf, selection=layout.selection, out_dir=layout.compact_dir, bridge=c.bridge, data=c.data,
+                       force=True, run_dir=layout.root)
 
-            score_layers(ScoreConfig(model=c.model, hf=c.hf, data=c.data, methods=c.methods, calib_users=c.calib_users, run_dir=self.layout.root,
-                                     dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=self.prompt()), progress=self.say)
 
-        return {"data": c.data, "methods": c.methods, "calib_users": c.calib_users, "dtype": c.dtype, "seed": c.seed}, [self.layout.scores], work
+# -- finetune, reference ---------------------------------------------------------------
 
-    def _select(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.slimming.selection import SelectConfig, select_layers
+def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: Path | None) -> FinetuneConfig:
+    """The one healing recipe of a run, for the slim model and the reference alike."""
+    return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
+                          rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, checkpoint_every=c.checkpoint_every, seed=c.seed,
+                          history=c.history, title_words=c.title_words, force=True, run_dir=run_dir)
 
-            select_layers(SelectConfig(source=str(self.layout.root), hf=c.hf, keep=c.keep, strategy=c.strategy, data=c.data, val_users=c.val_users,
-                                       run_dir=self.layout.root, dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=self.prompt()), progress=self.say)
 
-        return {"keep": c.keep, "strategy": c.strategy, "val_users": c.val_users}, [self.layout.selection], work
+def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
+    return _healing(c, model=str(layout.compact_dir), hf=None, out=layout.healed_dir, run_dir=layout.root)
 
-    def _build(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.slimming.build import BuildConfig, build_compact
+def _finetune_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
+    return [layout.healed_dir / "config.json"] + ([layout.finetune_record] if c.steps > 0 else [])
 
-            build_compact(BuildConfig(model=c.model, hf=c.hf, selection=self.layout.selection, out_dir=self.layout.compact_dir, bridge=c.bridge,
-                                      data=c.data, force=True))
 
-        return {"bridge": c.bridge, "data": c.data}, [self.layout.compact_dir / "config.json"], work
+def _run_finetune(config: FinetuneConfig, layout: RunLayout, say: Say) -> None:
+    if config.steps == 0:  # no healing: the compact model is the slim one
+        _copy_model(Path(config.model), Path(config.out_dir))
+        return
+    finetune(config, on_step=lambda p: say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}"))
 
-    def _finetune_config(self, model: str, out: Path) -> Any:
-        from ollama_slim.slimming.finetune import FinetuneConfig
 
-        c = self.config
-        return FinetuneConfig(model=model, hf=c.hf if model == c.model else None, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
-                              rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, checkpoint_every=c.checkpoint_every, seed=c.seed, history=c.history, title_words=c.title_words, force=True)
+def _reference_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig | None:
+    return _healing(c, model=c.model, hf=c.hf, out=layout.reference_dir, run_dir=None) if c.wants_reference() else None
 
-    def _finetune(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.slimming.finetune import finetune
+def _run_reference(config: FinetuneConfig | None, layout: RunLayout, say: Say) -> None:
+    if config is not None:
+        finetune(config, on_step=lambda p: say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}"))
 
-            if c.steps == 0:
-                _copy_model(self.layout.compact_dir, self.layout.healed_dir)
-                return
-            result = finetune(self._finetune_config(str(self.layout.compact_dir), self.layout.healed_dir), on_step=self._on_step)
-            paths.write_json(self.finetune_record, result.to_json())
 
-        options = {"steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size, "history": c.history, "title_words": c.title_words}
-        if c.rank_negatives:  # absent when off, so earlier runs stay unchanged
-            options |= {"rank_negatives": c.rank_negatives, "rank_weight": c.rank_weight}
-        return options, [self.layout.healed_dir / "config.json"], work
+# -- export, register, bench -------------------------------------------------------------
 
-    def _reference(self) -> StageSpec:
-        c = self.config
-        wanted = c.use_reference() and c.steps > 0
 
-        def work() -> None:
-            from ollama_slim.slimming.finetune import finetune
+def _export_config(c: PruneConfig, layout: RunLayout) -> RunExportConfig:
+    return RunExportConfig(run_dir=layout.root, outtype=c.outtype, model_dir=layout.healed_dir, force=True)
 
-            if wanted:
-                finetune(self._finetune_config(c.model, self.reference_dir), on_step=self._on_step)
 
-        outputs = [self.reference_dir / "config.json"] if wanted else []
-        options = {"reference": wanted, "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size}
-        if c.rank_negatives:
-            options |= {"rank_negatives": c.rank_negatives, "rank_weight": c.rank_weight}
-        return options, outputs, work
+def _export_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
+    return [layout.gguf, layout.modelfile, layout.original_gguf(c.outtype), layout.export_record]
 
-    def _export(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.gguf.export import ExportConfig, export_gguf
-            from ollama_slim.models.licensing import original_license
-            from ollama_slim.ollama.modelfile import chat_for, write_modelfile_for
-            from ollama_slim.recsys.prompt import SYSTEM_PROMPT
+def _register_config(c: PruneConfig, layout: RunLayout) -> RegisterConfig | None:
+    return RegisterConfig(source=layout.gguf, name=c.slim_name, force=c.force, host=c.host, run_dir=layout.root) if c.register else None
 
-            result = export_gguf(ExportConfig(model_dir=self.layout.healed_dir, outtype=c.outtype, out=self.layout.gguf, force=True))
-            paths.write_json(self.layout.export_record, result.to_json())
-            source_gguf = self.resolved().get("gguf_path")  # the original's own tokenizer, when it came as a GGUF
-            export_gguf(ExportConfig(model_dir=Path(self.model_dir()), outtype=c.outtype, out=self.original_gguf, force=True, check=False,
-                                     tokenizer_gguf=Path(source_gguf) if source_gguf else None, origin=self.resolved()))
-            licence = original_license(self.resolved())
-            write_modelfile_for(self.layout.gguf, chat=chat_for(gguf=self.layout.gguf, original=self.resolved().get("tag")), out=self.layout.modelfile,
-                                system=SYSTEM_PROMPT, license_text=licence.file_text() if licence else None)
 
-        return {"outtype": c.outtype, "modelfile": 2}, [self.layout.gguf, self.layout.modelfile, self.original_gguf, self.layout.export_record], work
+def _run_register(config: RegisterConfig | None, layout: RunLayout, say: Say) -> None:
+    if config is None:
+        record_not_registered(layout.root, reason="--no-register")
+    else:
+        register_model(config)
 
-    def _register(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.ollama.register import register
+def _bench_config(c: PruneConfig, layout: RunLayout) -> BenchConfig:
+    return BenchConfig(original=str(layout.original_gguf(c.outtype)), slim=str(layout.gguf), backend="llama-cpp", repeats=c.bench_repeats, run_dir=layout.root)
 
-            if c.register:
-                result = register(source=self.layout.gguf, name=c.slim_name, force=c.force, host=c.host)
-                paths.write_json(self.layout.register, result.to_json())
-            else:
-                paths.write_json(self.layout.register, {"registered": False, "reason": "--no-register"})
 
-        return {"register": c.register, "name": c.slim_name, "host": c.host}, [self.layout.register], work
+# -- eval, report ------------------------------------------------------------------------
 
-    def _bench(self) -> StageSpec:
-        c = self.config
 
-        def work() -> None:
-            from ollama_slim.bench.speed import BenchConfig, bench
+def _eval_config(c: PruneConfig, layout: RunLayout) -> dict[str, tuple[str, EvalConfig]]:
+    """label -> (which model, its evaluation): each writes ``eval_<label>.json``."""
+    return {label: (which, EvalConfig(data=data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed,
+                                      backend="transformers", run_dir=layout.root, label=label))
+            for label, (which, data) in c.eval_targets().items()}
 
-            result = bench(BenchConfig(original=str(self.original_gguf), slim=str(self.layout.gguf), backend="llama-cpp", repeats=c.bench_repeats))
-            paths.write_json(self.layout.bench, result.to_json())
 
-        return {"repeats": c.bench_repeats}, [self.layout.bench], work
+def _run_eval(targets: dict[str, tuple[str, EvalConfig]], layout: RunLayout, say: Say) -> None:
+    for label, (which, config) in targets.items():
+        say(f"eval: {label} on {config.data}")
+        evaluate(_model_for(which, layout), config, progress=lambda done, total, label=label: say(f"eval: {label} {done}/{total} users"))
 
-    def _eval(self) -> StageSpec:
-        c = self.config
-        targets = self.eval_targets()
 
-        def work() -> None:
-            from ollama_slim.recsys.evaluate import EvalConfig, evaluate
+def _model_for(which: str, layout: RunLayout) -> str:
+    """The directory of ``original`` (as resolved), ``slim`` (healed) or ``reference``."""
+    if which == "original":
+        return paths.read_json(layout.resolve)["model_dir"]
+    return str(layout.healed_dir if which == "slim" else layout.reference_dir)
 
-            for label, (which, data) in targets.items():
-                self.say(f"eval: {label} on {data}")
-                config = EvalConfig(data=data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed, backend="transformers")
-                paths.write_json(self.eval_path(label), evaluate(self.model_for(which), config).to_json())
 
-        options = {"users": c.eval_users, "targets": sorted(targets), "history": c.history, "data": c.data, "cross": c.cross_domain}
-        return options, [self.eval_path(label) for label in targets], work
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage("resolve", _resolve_config, lambda c, layout: [layout.resolve], lambda config, layout, say: resolve_model(config)),
+    Stage("score", _score_config, lambda c, layout: [layout.scores], lambda config, layout, say: score_layers(config, progress=say)),
+    Stage("select", _select_config, lambda c, layout: [layout.selection], lambda config, layout, say: select_layers(config, progress=say)),
+    Stage("build", _build_config, lambda c, layout: [layout.compact_dir / "config.json", layout.build_record], lambda config, layout, say: build_compact(config)),
+    Stage("finetune", _finetune_config, _finetune_outputs, _run_finetune),
+    Stage("reference", _reference_config, lambda c, layout: [layout.reference_dir / "config.json"] if c.wants_reference() else [], _run_reference),
+    Stage("export", _export_config, _export_outputs, lambda config, layout, say: export_run(config)),
+    Stage("register", _register_config, lambda c, layout: [layout.register], _run_register),
+    Stage("bench", _bench_config, lambda c, layout: [layout.bench], lambda config, layout, say: bench(config)),
+    Stage("eval", _eval_config, lambda c, layout: [layout.eval_record(label) for label in c.eval_targets()], _run_eval),
+    Stage("report", lambda c, layout: c, lambda c, layout: [layout.report], lambda config, layout, say: write_run_report(config, layout)),
+)
+STAGES = tuple(stage.name for stage in STAGE_TABLE)
 
-    def eval_targets(self) -> dict[str, tuple[str, str]]:
-        """label -> (which model, data set): original zero-shot, slim, reference, cross-domain."""
-        c = self.config
-        targets = {"original": ("original", c.data), "slim": ("slim", c.data)}
-        if c.use_reference() and c.steps > 0:
-            targets["reference"] = ("reference", c.data)
-        if c.cross_domain:
-            targets |= {"cross_original": ("original", c.cross_domain), "cross_slim": ("slim", c.cross_domain)}
-        return targets
 
-    def model_for(self, which: str) -> str:
-        return {"original": self.model_dir, "slim": lambda: str(self.layout.healed_dir), "reference": lambda: str(self.reference_dir)}[which]()
-
-    def _report(self) -> StageSpec:
-        def work() -> None:
-            from ollama_slim.pipeline.run_report import write_run_report
-
-            write_run_report(self)
-
-        return {}, [self.layout.report], work
-
-    # -- helpers ---------------------------------------------------------------------
-    def prompt(self) -> Any:
-        from ollama_slim.recsys.prompt import PromptConfig
-
-        return PromptConfig(history=self.config.history, title_words=self.config.title_words)
-
-    def _on_step(self, p: Any) -> None:
-        self.say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}")
+def stage_options(config: PruneConfig, layout: RunLayout) -> dict[str, Any]:
+    """What each stage's key hashes (before chaining): its config without the output-neutral fields."""
+    return {stage.name: config_key(stage.config(config, layout), root=layout.root) for stage in STAGE_TABLE}
 
 
 def _copy_model(src: Path, dst: Path) -> None:
-    import shutil
-
     with paths.atomic_dir(dst) as tmp:
         for file in src.iterdir():
             if file.is_file():

@@ -10,12 +10,16 @@ popularity in train (on the same candidates). Ties follow :mod:`ollama_slim.recs
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ollama_slim import paths
+from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.recsys.data import CandidateSampler, Dataset, Example, examples, load_dataset, select_users, train_popularity
 from ollama_slim.errors import DataError, UsageError
 from ollama_slim.recsys.metrics import METRICS, Interval, bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline, summarise
@@ -24,6 +28,7 @@ from ollama_slim.recsys.scorers import Scorer, ScorerOptions, backend_for, make_
 
 EVAL_SPLITS = ("valid", "test")
 REGIMES = ("uniform", "popularity")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 Progress = Callable[[int, int], None]
 
 
@@ -48,6 +53,8 @@ class EvalConfig:
     dtype: str = "float32"
     resamples: int = 1000
     threads: int | None = None
+    run_dir: Path | None = None  # a run: the result also goes to its eval_<label>.json
+    label: str = "model"
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +66,7 @@ class EvalConfig:
             (self.title_tokens > 0 and self.title_words > 0, "title lengths must be positive", "use --title-tokens 16"),
             (self.batch > 0 and self.resamples > 0, "batch and resamples must be positive", "keep the defaults"),
             (self.threads is None or self.threads > 0, f"--threads must be positive, got {self.threads}", "omit it to use every core"),
+            (bool(_LABEL.match(self.label)), f"--label {self.label!r} cannot be part of a file name", "use letters, digits, '.', '_' or '-', e.g. --label slim"),
         ]
         for ok, message, hint in checks:
             if not ok:
@@ -69,6 +77,10 @@ class EvalConfig:
 
     def scorer_options(self) -> ScorerOptions:
         return ScorerOptions(batch=self.batch, dtype=self.dtype, threads=self.threads)
+
+    def settings(self) -> dict[str, Any]:
+        """What was evaluated on (JSON-able), without where the result is recorded."""
+        return {k: v for k, v in asdict(self).items() if k not in ("run_dir", "label")}
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,7 @@ class EvalResult:
     def to_json(self, *, per_user: bool = True) -> dict[str, Any]:
         """A JSON-able dict; timing is left out so reruns give identical output."""
         out = {
-            "model": self.model, "backend": self.backend, "layers": self.layers, "config": asdict(self.config), "data": self.data,
+            "model": self.model, "backend": self.backend, "layers": self.layers, "config": self.config.settings(), "data": self.data,
             "users": len(self.users), "candidates": self.candidates, "tokens": self.tokens,
             "metrics": {k: v.to_json() for k, v in self.metrics.items()},
             "baselines": {"random": dict(self.random), "popularity": {k: v.to_json() for k, v in self.popularity.items()}},
@@ -167,12 +179,15 @@ def evaluate(model: str | Scorer, config: EvalConfig, *, layers: list[int] | Non
     seconds = time.perf_counter() - start
     values = per_user_metrics(scores)
     pop_values = per_user_metrics(popularity_scores(dataset, cases))
-    return EvalResult(
+    result = EvalResult(
         model=name, backend=backend, config=config, data=dataset.summary(), users=[c.example.user for c in cases],
         candidates=config.negatives + 1, metrics=summarise(values, resamples=config.resamples, seed=config.seed),
         random=random_baseline(config.negatives + 1), popularity=summarise(pop_values, resamples=config.resamples, seed=config.seed),
         per_user=values, popularity_per_user=pop_values, layers=list(layers) if layers is not None else None, tokens=tokens, seconds=seconds,
     )
+    if config.run_dir is not None:
+        paths.write_json(RunLayout(Path(config.run_dir)).eval_record(config.label), result.to_json())
+    return result
 
 
 __all__ = [

@@ -9,14 +9,14 @@ its transformers twin are scored on identical inputs.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ollama_slim.errors import SelectionError, SourceError, UsageError
+from ollama_slim.errors import SourceError, UsageError
 
 
 @dataclass(frozen=True)
@@ -77,57 +77,9 @@ def make_scorer(model_ref: str, *, backend: str = "auto", options: ScorerOptions
 # --- transformers ---------------------------------------------------------------------
 
 
-def _check_layers(layers: list[int], num_layers: int) -> list[int]:
-    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= num_layers:
-        raise SelectionError(f"layers {list(layers)} do not fit a model of {num_layers} layers", hint=f"give sorted, distinct indices in 0..{num_layers - 1}")
-    return list(layers)
-
-
-@contextmanager
-def layer_subset(model: Any, layers: list[int] | None) -> Iterator[Any]:
-    """Run ``model`` with only decoder ``layers`` (in order), restoring it on exit.
-
-    The kept layers are renumbered (``layer_idx``) and the config's layer count and
-    per-layer lists shrunk for the duration, so KV caches index them densely: the model
-    then computes exactly what a compact model built from those layers computes.
-    """
-    if layers is None:
-        yield model
-        return
-    import torch
-
-    from ollama_slim.models.families import family_of, get_module
-
-    fam = family_of(model)
-    parent_path, _, attr = fam.layers.rpartition(".")
-    parent = get_module(model, parent_path) if parent_path else model
-    full = getattr(parent, attr)
-    kept = _check_layers(list(layers), len(full))
-    config = model.config
-    saved_config = {name: getattr(config, name, None) for name in (*fam.per_layer_config_lists, "num_hidden_layers")}
-    saved_idx = [(m, m.layer_idx) for i in kept for m in full[i].modules() if hasattr(m, "layer_idx")]
-    try:
-        setattr(parent, attr, torch.nn.ModuleList([full[i] for i in kept]))
-        for new, i in enumerate(kept):
-            for m in full[i].modules():
-                if hasattr(m, "layer_idx"):
-                    m.layer_idx = new
-        for name in fam.per_layer_config_lists:
-            if saved_config[name] is not None:
-                setattr(config, name, [saved_config[name][i] for i in kept])
-        config.num_hidden_layers = len(kept)
-        yield model
-    finally:
-        setattr(parent, attr, full)
-        for m, idx in saved_idx:
-            m.layer_idx = idx
-        for name, value in saved_config.items():
-            setattr(config, name, value)
-
-
 @dataclass
 class TransformersScorer:
-    """Shared-prefix scoring (:func:`ollama_slim.models.scoring.score_shared_prefix`) of a loaded model."""
+    """Shared-prefix scoring (:func:`ollama_slim.models.lm.score_shared_prefix`) of a loaded model."""
 
     model: Any
     tokenizer: Any
@@ -138,7 +90,7 @@ class TransformersScorer:
         """[C] scores; candidates in chunks of ``batch`` (each chunk runs the prompt once)."""
         import torch
 
-        from ollama_slim.models.scoring import score_shared_prefix
+        from ollama_slim.models.lm import score_shared_prefix
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         step = max(1, self.batch)
@@ -146,6 +98,9 @@ class TransformersScorer:
         return torch.cat(parts).double().numpy()
 
     def using_layers(self, layers: list[int] | None) -> Any:
+        """The model running only decoder ``layers``, renumbered (:func:`ollama_slim.models.lm.layer_subset`)."""
+        from ollama_slim.models.lm import layer_subset
+
         return layer_subset(self.model, layers)
 
 
@@ -186,13 +141,6 @@ class LlamaCppTokenizer:
         return {"input_ids": [self._ids(t) for t in text]}
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64: [L, V] -> [L, V]."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
 class LlamaCppScorer:
     """A GGUF scored through llama-cpp-python: the prompt is evaluated once, then each
     candidate continues from its KV cache (the cache is cut back to the prompt between
@@ -212,7 +160,11 @@ class LlamaCppScorer:
         self.context = options.context
 
     def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
-        """[C] mean log-prob of each candidate after ``prompt``."""
+        """[C] mean log-prob of each candidate after ``prompt`` (float64 log-softmax of llama.cpp's logits)."""
+        import torch
+
+        from ollama_slim.models.lm import mean_token_logprob
+
         p = len(prompt)
         longest = max(len(c) for c in candidates)
         if p + longest > self.context:
@@ -220,15 +172,15 @@ class LlamaCppScorer:
         llm = self.llm
         llm.reset()
         llm.eval(prompt)
-        first = _log_softmax(llm.scores[p - 1 : p])  # [1, V]: predicts each candidate's first token
+        first = torch.tensor(llm.scores[p - 1 : p], dtype=torch.float64)  # [1, V]: predicts each candidate's first token
         out = np.empty(len(candidates))
         for row, cand in enumerate(candidates):
             llm.n_tokens = p  # drop the previous candidate; eval() clears the cache past here
-            logp = first
+            logits = first
             if len(cand) > 1:
                 llm.eval(cand[:-1])
-                logp = np.concatenate([first, _log_softmax(llm.scores[p : p + len(cand) - 1])])
-            out[row] = logp[np.arange(len(cand)), cand].mean()
+                logits = torch.cat([first, torch.tensor(llm.scores[p : p + len(cand) - 1], dtype=torch.float64)])  # [L, V]
+            out[row] = float(mean_token_logprob(logits, torch.tensor(cand, dtype=torch.long)))
         return out
 
     def using_layers(self, layers: list[int] | None) -> Any:

@@ -40,7 +40,7 @@ def card_data(*, run: Any, name: str, licence: License, results: list[Any]) -> A
 
 
 def _dataset(run: Any) -> str:
-    data = (run.read_json("eval_slim.json").get("data") or {}).get("name") or run.prune.get("config", {}).get("data") or "unknown"
+    data = (run.slim_eval.get("data") or {}).get("name") or run.prune.get("config", {}).get("data") or "unknown"
     return Path(str(data)).name
 
 
@@ -48,12 +48,12 @@ def eval_results(run: Any, results: list[Any]) -> list[Any]:
     """NDCG@10 on the run's test users: each GGUF through llama.cpp, then the run's own figures."""
     from huggingface_hub import EvalResult
 
-    config = run.read_json("eval_slim.json").get("config", {})
+    config = run.slim_eval.get("config", {})
     common = {"task_type": "text-generation", "task_name": f"{TASK} (1+{config.get('negatives', 19)} {config.get('regime', 'uniform')} candidates)",
               "dataset_type": _dataset(run), "dataset_name": _dataset(run), "dataset_split": "test", "metric_type": "ndcg@10"}
     out = [EvalResult(**common, metric_name=f"NDCG@10, {r.quant} GGUF (llama.cpp)", metric_value=round(r.ndcg["mean"], 4)) for r in results]
-    for label, file in (("slim, transformers", "eval_slim.json"), ("original (zero-shot)", "eval_original.json"), ("original fine-tuned, same budget", "eval_reference.json")):
-        metric = run.read_json(file).get("metrics", {}).get("ndcg@10")
+    for label, which in (("slim, transformers", "slim"), ("original (zero-shot)", "original"), ("original fine-tuned, same budget", "reference")):
+        metric = run.read_json(run.layout.eval_record(which)).get("metrics", {}).get("ndcg@10")
         if metric:
             out.append(EvalResult(**common, metric_name=f"NDCG@10, {label}", metric_value=round(metric["mean"], 4)))
     return out
@@ -87,11 +87,11 @@ def _run_section(name: str, results: list[Any], repo: str | None) -> list[str]:
 
 
 def _kept_section(run: Any) -> list[str]:
-    selection = run.read_json("selection.json")
+    selection = run.read_json(run.layout.selection)
     provenance = _provenance(run)
     kept = selection.get("kept") or provenance.get("kept") or []
     bridge = (provenance.get("bridge") or {}).get("kind", "none")
-    finetune = provenance.get("finetune") or run.read_json("finetune.json")
+    finetune = provenance.get("finetune") or run.read_json(run.layout.finetune_record)
     recipe = ", ".join(f"{k} {finetune[k]}" for k in ("mode", "steps", "lora_rank", "lr", "batch_size") if k in finetune) or "none"
     return ["## What was kept", "",
             f"- Layers: {len(kept)} of {selection.get('num_layers') or provenance.get('num_layers')} ({', '.join(map(str, kept))}), "
@@ -124,15 +124,15 @@ def _num(value: float | None) -> str:
 
 
 def _quality_section(run: Any) -> list[str]:
-    labels = {"eval_original.json": "original (zero-shot)", "eval_slim.json": "slim (healed, transformers)", "eval_reference.json": "original fine-tuned, same budget"}
-    quality = {label: run.read_json(file) for file, label in labels.items() if run.read_json(file)}
+    labels = {"original": "original (zero-shot)", "slim": "slim (healed, transformers)", "reference": "original fine-tuned, same budget"}
+    quality = {label: run.read_json(run.layout.eval_record(which)) for which, label in labels.items() if run.read_json(run.layout.eval_record(which))}
     lines = ["## Recommendation quality and speed (from the run's report)", ""]
     if quality:
-        config = run.read_json("eval_slim.json").get("config", {})
-        lines += [f"Test split of `{_dataset(run)}`, {run.read_json('eval_slim.json').get('users')} users, the target among "
+        config = run.slim_eval.get("config", {})
+        lines += [f"Test split of `{_dataset(run)}`, {run.slim_eval.get('users')} users, the target among "
                   f"1+{config.get('negatives', 19)} {config.get('regime', 'uniform')} candidates, each scored by its title's length-normalised log-likelihood.", ""]
         lines += quality_table(quality) + [""]
-    lines += [f"![{plot}]({plot})" for plot in ("speed_quality.png", "selection.png", "scores.png") if (run.layout.root / plot).is_file()]
+    lines += [f"![{plot.name}]({plot.name})" for plot in run.layout.plots if plot.is_file()]
     return lines + [""]
 
 

@@ -27,7 +27,6 @@ from ollama_slim.pipeline.layout import RunLayout
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q8_0")
 SHARE_RECORD = "ollama-slim-share.json"  # inside the folder: what it was made from
-PLOTS = ("scores.png", "selection.png", "speed_quality.png")
 Progress = Callable[[str], None]
 
 
@@ -166,32 +165,36 @@ class ShareRun:
         return cls(layout=layout, resolved=paths.read_json(layout.resolve), modelfile=read_modelfile(layout.modelfile), prune=prune)
 
     def default_name(self) -> str:
-        register = self.read_json("register.json")
+        register = self.read_json(self.layout.register)
         return register.get("name") if register.get("registered", True) and register.get("name") else self.layout.root.resolve().name
 
-    def read_json(self, name: str) -> dict[str, Any]:
-        path = self.layout.root / name
+    def read_json(self, path: Path) -> dict[str, Any]:
+        """A result file of the run (a :class:`RunLayout` path), or ``{}`` when the run has none."""
         return paths.read_json(path) if path.is_file() else {}
+
+    @property
+    def slim_eval(self) -> dict[str, Any]:
+        """The run's own test evaluation of the slim model (``eval_slim.json``)."""
+        return self.read_json(self.layout.eval_record("slim"))
 
     def eval_config(self, users: int | None) -> Any:
         """The run's own test evaluation (same users and candidates), through llama.cpp."""
         from ollama_slim.recsys.evaluate import EvalConfig
 
-        recorded = self.read_json("eval_slim.json").get("config")
+        recorded = self.slim_eval.get("config")
         if not recorded:
-            raise RunError(f"{self.layout.root} has no eval_slim.json", hint="finish the run first (ollama-slim prune ... resumes it)")
+            raise RunError(f"{self.layout.root} has no test evaluation of the slim model ({self.layout.eval_record('slim').name})", hint="finish the run first (ollama-slim prune ... resumes it)")
         fields = {k: v for k, v in recorded.items() if k in EvalConfig.__dataclass_fields__}
         return replace(EvalConfig(**fields), backend="llama-cpp", users=users or fields.get("users"))
 
     def original_gguf(self) -> Path | None:
-        found = sorted(self.layout.root.glob("original.*.gguf"))
-        return found[0] if found else None
+        return self.layout.find_original_gguf()
 
 
 def _input_key(run: ShareRun, config: ShareConfig, **chosen: Any) -> str:
     """A hash of everything the folder depends on: the healed weights, the run's files, the options."""
     h = hashlib.sha256()
-    for file in sorted(run.layout.healed_dir.glob("*")) + [run.layout.modelfile, run.layout.root / "eval_slim.json"]:
+    for file in sorted(run.layout.healed_dir.glob("*")) + [run.layout.modelfile, run.layout.eval_record("slim")]:
         if file.is_file():
             h.update(file.name.encode())
             h.update(str(file.stat().st_size).encode() + str(file.stat().st_mtime_ns).encode())
@@ -263,9 +266,9 @@ def _write_files(run: ShareRun, config: ShareConfig, *, folder: Path, name: str,
     paths.write_text(folder / "LICENSE", licence.file_text())
     if licence.notice:
         paths.write_text(folder / "NOTICE", licence.notice + "\n")
-    for plot in PLOTS:
-        if (run.layout.root / plot).is_file():
-            shutil.copy2(run.layout.root / plot, folder / plot)
+    for plot in run.layout.plots:
+        if plot.is_file():
+            shutil.copy2(plot, folder / plot.name)
     write_card(folder / "README.md", run=run, name=name, licence=licence, results=results, repo=config.repo)
     return sorted(p.name for p in folder.iterdir())
 

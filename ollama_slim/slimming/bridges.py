@@ -31,7 +31,7 @@ import torch
 
 from ollama_slim.errors import UsageError
 from ollama_slim.models.families import Family, family_of, get_module
-from ollama_slim.models.scoring import pad_right
+from ollama_slim.models.lm import pad_right
 
 DEFAULT_RIDGE = 1e-2
 CALIBRATION_BATCH = 8

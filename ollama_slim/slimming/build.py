@@ -12,15 +12,17 @@ import copy
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ollama_slim import __version__, paths
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.errors import SelectionError, UsageError
-from ollama_slim.models.families import family_of, get_module
+from ollama_slim.models.families import decoder_layers
+from ollama_slim.models.lm import layer_subset
 from ollama_slim.models.modeling import LoadOptions, load
+from ollama_slim.pipeline.layout import RunLayout
 
 PROVENANCE_FILE = "slim.json"
 PROVENANCE_FORMAT = 1
@@ -44,6 +46,7 @@ class BuildConfig:
     dtype: str = "float32"
     hf: str | None = None
     force: bool = False
+    run_dir: Path | None = None  # a run: selection and out_dir default to its files, the result goes to its build.json
 
 
 @dataclass(frozen=True)
@@ -147,40 +150,12 @@ def slice_model(model: Any, layers: list[int]) -> Any:
     can fold into it while the original still serves as the fit target). Embeddings, final
     norm and LM head are copied too; tied weights stay tied. Hidden size ``d`` and all
     weight shapes are unchanged; only the layer count goes from ``N`` to ``len(layers)``.
+    The copy is made inside :func:`~ollama_slim.models.lm.layer_subset`, so it keeps the
+    renumbered ``layer_idx`` and the shrunk config that evaluation of the subset uses.
     """
-    import torch
-
-    fam = family_of(model)
-    num_layers = len(get_module(model, fam.layers))
-    kept = validate_layers(layers, num_layers=num_layers, allow_all=True)
-    parent_path, _, attr = fam.layers.rpartition(".")
-    parent = get_module(model, parent_path) if parent_path else model
-    full = getattr(parent, attr)
-    try:  # deep-copy the model with only the kept layers attached
-        setattr(parent, attr, torch.nn.ModuleList([full[i] for i in kept]))
-        compact = copy.deepcopy(model)
-    finally:
-        setattr(parent, attr, full)
-    renumber(compact, kept=kept, num_layers=num_layers)
-    return compact
-
-
-def renumber(compact: Any, *, kept: list[int], num_layers: int) -> None:
-    """Set ``layer_idx`` of each kept layer and shrink the config's per-layer lists."""
-    fam = family_of(compact)
-    for new_idx, layer in enumerate(get_module(compact, fam.layers)):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
-    config = compact.config
-    for name in fam.per_layer_config_lists:
-        values = getattr(config, name, None)
-        if values is None:
-            continue
-        if len(values) != num_layers:
-            raise SelectionError(f"config.{name} has {len(values)} entries for {num_layers} layers", hint="the model's config is inconsistent")
-        setattr(config, name, [values[i] for i in kept])
-    config.num_hidden_layers = len(kept)
+    kept = validate_layers(layers, num_layers=len(decoder_layers(model)), allow_all=True)
+    with layer_subset(model, kept):
+        return copy.deepcopy(model)
 
 
 def count_parameters(model: Any) -> int:
@@ -232,6 +207,7 @@ def build_compact(config: BuildConfig) -> BuildResult:
     from ollama_slim.models.sources import resolve
 
     start = time.perf_counter()
+    config = _in_run(config)
     if config.bridge not in BRIDGES:
         raise UsageError(f"unknown bridge kind {config.bridge!r}", hint=f"choose one of: {', '.join(sorted(BRIDGES))}")
     resolved = resolve(config.model, hf=config.hf)
@@ -246,11 +222,23 @@ def build_compact(config: BuildConfig) -> BuildResult:
     source = _source_record(resolved)
     provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": config.bridge, **summary}, "data": config.data, "dtype": config.dtype}
     save_compact(compact, tokenizer, out_dir, provenance=provenance)
-    return BuildResult(
+    result = BuildResult(
         out_dir=out_dir, source=source, kept=tuple(kept), num_layers_before=resolved.num_layers,
         num_params_before=count_parameters(original), num_params_after=count_parameters(compact),
         bridge=provenance["bridge"], seconds=time.perf_counter() - start,
     )
+    if config.run_dir is not None:
+        paths.write_json(RunLayout(Path(config.run_dir)).build_record, result.to_json())
+    return result
+
+
+def _in_run(config: BuildConfig) -> BuildConfig:
+    """``config`` with a run's selection file and compact directory as defaults."""
+    if config.run_dir is None:
+        return config
+    layout = RunLayout(Path(config.run_dir))
+    selection = layout.selection if config.layers is None and config.selection is None else config.selection
+    return replace(config, selection=selection, out_dir=config.out_dir or layout.compact_dir)
 
 
 def _calibration(config: BuildConfig, tokenizer: Any) -> Any:

@@ -20,9 +20,9 @@ from ollama_slim import paths
 from ollama_slim.recsys.data import CandidateSampler, load_dataset
 from ollama_slim.errors import RunError, SelectionError, UsageError
 from ollama_slim.slimming.importance.plots import plot_selection
-from ollama_slim.slimming.importance.probes import SubsetEvaluator, build_probe, ndcg_at, probe_examples, random_ndcg, title_loss
+from ollama_slim.slimming.importance.probes import SubsetEvaluator, build_probe, ndcg_at, probe_examples, random_ndcg, target_nll
 from ollama_slim.slimming.importance.stage import ScoreConfig, default_run_dir, open_model, read_scores, score_layers
-from ollama_slim.slimming.importance.subsets import LayerRunner
+from ollama_slim.models.lm import LayerRunner
 from ollama_slim.models.modeling import torch_dtype
 from ollama_slim.recsys.prompt import PromptConfig
 from ollama_slim.pipeline.layout import RunLayout
@@ -92,7 +92,7 @@ class SearchContext:
         """Title loss and NDCG@10 of ``layers`` on the ranking probe."""
         self.rank.cache.pin(layers)
         ll = self.rank.loglik(layers)
-        step = Step(layers=sorted(layers), val_loss=title_loss(ll), ndcg10=ndcg_at(ll), changed=changed)
+        step = Step(layers=sorted(layers), val_loss=target_nll(ll), ndcg10=ndcg_at(ll), changed=changed)
         if self.full is not None and self.full.ndcg10 > self.chance:
             step.retained = (step.ndcg10 - self.chance) / (self.full.ndcg10 - self.chance)
         if self.progress:

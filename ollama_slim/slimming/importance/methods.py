@@ -3,7 +3,7 @@
 Every scorer sees only the calibration probe (train split, design §4) through a
 :class:`ScoringContext`. Subset-based scorers (Shapley, ablation, block influence,
 angular distance) run layer subsets through the shared prefix cache; gradient-based
-ones (Fisher, gradient norm) run the whole model with ``scoring.title_nll``.
+ones (Fisher, gradient norm) run the whole model with :func:`ollama_slim.models.lm.title_nll`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ollama_slim.models.families import decoder_layers
-from ollama_slim.models.scoring import title_nll
+from ollama_slim.models.lm import title_nll
 from ollama_slim.slimming.importance.probes import SubsetEvaluator
 
 
@@ -54,20 +54,22 @@ class MethodScores:
 
 
 @dataclass(frozen=True)
-class Scorer:
+class ImportanceMethod:
+    """A registered importance method: ``fn`` scores every layer; ``summary`` is its one-line description."""
+
     name: str
     fn: Callable[[ScoringContext], MethodScores]
     summary: str
 
 
-METHODS: dict[str, Scorer] = {}
+METHODS: dict[str, ImportanceMethod] = {}
 
 
-def register(name: str, summary: str) -> Callable[[Callable[[ScoringContext], MethodScores]], Callable[[ScoringContext], MethodScores]]:
+def register_method(name: str, summary: str) -> Callable[[Callable[[ScoringContext], MethodScores]], Callable[[ScoringContext], MethodScores]]:
     """Decorator: make a scorer available as ``--methods name``."""
 
     def wrap(fn: Callable[[ScoringContext], MethodScores]) -> Callable[[ScoringContext], MethodScores]:
-        METHODS[name] = Scorer(name=name, fn=fn, summary=summary)
+        METHODS[name] = ImportanceMethod(name=name, fn=fn, summary=summary)
         return fn
 
     return wrap
@@ -122,13 +124,13 @@ def _accumulate(ctx: ScoringContext, params: list[list[torch.nn.Parameter]]) -> 
     return [f / count for f in fisher], norms
 
 
-@register("fisher", "diagonal empirical Fisher of the title loss, summed over each layer's weights")
+@register_method("fisher", "diagonal empirical Fisher of the title loss, summed over each layer's weights")
 def fisher(ctx: ScoringContext) -> MethodScores:
     """F_l = mean over examples of sum over layer l's weights of (d loss_i / d w)^2."""
     return MethodScores(scores=_gradient_stats(ctx)[0])
 
 
-@register("gradnorm", "L2 norm of the title-loss gradient over each layer's weights")
+@register_method("gradnorm", "L2 norm of the title-loss gradient over each layer's weights")
 def gradnorm(ctx: ScoringContext) -> MethodScores:
     """||d mean_loss / d W_l||_2 over all of layer l's weights (the mean of per-example gradients)."""
     return MethodScores(scores=_gradient_stats(ctx)[1])
@@ -161,17 +163,17 @@ def _measure_cosines(ctx: ScoringContext) -> tuple[list[float], list[float]]:
     return influence, angular
 
 
-@register("block-influence", "ShortGPT block influence: 1 - cos(input, output) of the layer, over all tokens")
+@register_method("block-influence", "ShortGPT block influence: 1 - cos(input, output) of the layer, over all tokens")
 def block_influence(ctx: ScoringContext) -> MethodScores:
     return MethodScores(scores=_cosines(ctx)[0])
 
 
-@register("angular", "angular distance arccos(cos(input, output)) / pi at each prompt's last token")
+@register_method("angular", "angular distance arccos(cos(input, output)) / pi at each prompt's last token")
 def angular(ctx: ScoringContext) -> MethodScores:
     return MethodScores(scores=_cosines(ctx)[1])
 
 
-@register("ablation", "title-loss increase when the layer alone is skipped")
+@register_method("ablation", "title-loss increase when the layer alone is skipped")
 def ablation(ctx: ScoringContext) -> MethodScores:
     """loss(all but l) - loss(all), evaluated through the prefix cache."""
     full = tuple(range(ctx.num_layers))
@@ -207,7 +209,7 @@ def shapley_contributions(evaluate: Callable[[tuple[int, ...]], float], *, num_l
     return out
 
 
-@register("shapley", "Monte-Carlo permutation Shapley value of each layer (value: minus the title loss), with standard errors")
+@register_method("shapley", "Monte-Carlo permutation Shapley value of each layer (value: minus the title loss), with standard errors")
 def shapley(ctx: ScoringContext) -> MethodScores:
     """phi_l = mean marginal gain of -loss when l joins a random coalition; stderr = std / sqrt(P)."""
     ev = ctx.evaluator

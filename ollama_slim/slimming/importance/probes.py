@@ -1,6 +1,6 @@
 """Task quality of a layer subset: the next-item title loss and NDCG@10 (design §3).
 
-A probe is a set of examples encoded once and packed (:func:`subsets.pack`): for the
+A probe is a set of examples encoded once and packed (:func:`ollama_slim.models.lm.pack`): for the
 title loss each row is a prompt and its target title; for ranking, the prompt and its
 1 + 19 seeded candidates (target first), all scored in one row. Calibration probes come
 from the train split, selection probes from the validation split.
@@ -16,7 +16,8 @@ import torch
 from ollama_slim.recsys.data import CandidateSampler, Dataset, Example, examples, select_users
 from ollama_slim.recsys.metrics import per_user_metrics, random_baseline
 from ollama_slim.recsys.prompt import PromptConfig, candidate_text, encode_candidates, encode_prompt, prompt_text
-from ollama_slim.slimming.importance.subsets import LayerRunner, PackedBatch, PrefixCache, mean_logprobs, pack
+from ollama_slim.models.lm import LayerRunner, PackedBatch, pack
+from ollama_slim.slimming.importance.subsets import PrefixCache
 
 
 @dataclass
@@ -49,8 +50,9 @@ def build_probe(tokenizer: Any, dataset: Dataset, items: list[Example], *, sampl
     return Probe(batches=batches, examples=len(rows), conts=len(rows[0][1]))
 
 
-def title_loss(loglik: torch.Tensor) -> float:
-    """Mean next-item title NLL from ``loglik`` [U, C] (column 0 is the target)."""
+def target_nll(loglik: torch.Tensor) -> float:
+    """Mean next-item title NLL from ``loglik`` [U, C] (column 0 is the target): the title loss of
+    :func:`ollama_slim.models.lm.title_nll`, from length-normalised scores."""
     return float(-loglik[:, 0].mean())
 
 
@@ -75,8 +77,8 @@ class SubsetEvaluator:
         """Length-normalised log-likelihood of each continuation: [examples, conts]."""
         hidden = self.cache.final(layers)
         with torch.no_grad():
-            return mean_logprobs(self.runner, hidden, self.probe.batches, examples=self.probe.examples, conts=self.probe.conts)
+            return self.runner.scores(hidden, self.probe.batches, examples=self.probe.examples, conts=self.probe.conts)
 
     def loss(self, layers: Any) -> float:
         """Mean title loss of the subset (needs a probe whose column 0 is the target)."""
-        return title_loss(self.loglik(layers))
+        return target_nll(self.loglik(layers))

@@ -17,13 +17,13 @@ from ollama_slim import paths
 from ollama_slim.recsys.data import Dataset, load_dataset
 from ollama_slim.errors import SelectionError, UsageError
 from ollama_slim.models.families import decoder_layers
+from ollama_slim.models.lm import LayerRunner
 from ollama_slim.models.modeling import LoadOptions, load, torch_dtype
 from ollama_slim.recsys.prompt import PromptConfig, encode_example
-from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.pipeline.layout import RUNS_DIR, RunLayout
 from ollama_slim.slimming.importance.methods import METHODS, MethodScores, ScoringContext, mean_rank
 from ollama_slim.slimming.importance.plots import plot_scores
 from ollama_slim.slimming.importance.probes import SubsetEvaluator, build_probe, probe_examples
-from ollama_slim.slimming.importance.subsets import LayerRunner
 
 SCORES_FORMAT = 1
 DEFAULT_METHODS = ("fisher", "gradnorm", "block-influence", "angular", "ablation")
@@ -74,7 +74,7 @@ class ScoreResult:
 
 def default_run_dir(model: str) -> Path:
     """``runs/<model>`` with the reference made a file name (``smollm2:135m`` -> ``runs/smollm2-135m``)."""
-    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).is_dir() else model).strip("-")
+    return RUNS_DIR / re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name if Path(model).is_dir() else model).strip("-")
 
 
 def check_methods(methods: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,0 +1,149 @@
+"""Running a subset of a model's decoder layers.
+
+Two ways, one family table (:mod:`ollama_slim.models.families`):
+
+- :func:`layer_subset` makes the model itself run only the kept layers, renumbered
+  (``layer_idx``, ``num_hidden_layers`` and every per-layer config list), so KV caches index
+  them densely and the model computes exactly what a compact model of those layers computes;
+  evaluation scores through it and ``build`` deep-copies inside it;
+- :class:`LayerRunner` calls the pieces (embedding, any decoder layer, final norm + head)
+  one by one on a packed batch, so hidden states can be cached by layer prefix (importance
+  and selection). Layers may sit on different devices (accelerate's ``device_map``): hidden
+  states follow each layer to its device.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from ollama_slim.errors import SelectionError, UnsupportedArchitectureError
+from ollama_slim.models.families import Family, family_of, get_module
+from ollama_slim.models.lm.batching import PackedBatch
+from ollama_slim.models.lm.candidates import mean_by_group, picked_logprobs
+
+
+def layer_parent(model: Any, fam: Family) -> tuple[Any, str]:
+    """``(module holding the decoder layer list, its attribute name)``, e.g. ``(model.model, "layers")``."""
+    parent_path, _, attr = fam.layers.rpartition(".")
+    return (get_module(model, parent_path) if parent_path else model), attr
+
+
+def check_subset(layers: list[int], num_layers: int) -> list[int]:
+    """``layers`` if sorted, distinct and in ``0..num_layers - 1``; a :class:`SelectionError` otherwise."""
+    if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] >= num_layers:
+        raise SelectionError(f"layers {list(layers)} do not fit a model of {num_layers} layers", hint=f"give sorted, distinct indices in 0..{num_layers - 1}")
+    return list(layers)
+
+
+def shrunk_config(config: Any, fam: Family, kept: list[int], num_layers: int) -> dict[str, Any]:
+    """The config values of a model of layers ``kept``: each per-layer list cut to them, the layer count."""
+    out: dict[str, Any] = {}
+    for name in fam.per_layer_config_lists:
+        values = getattr(config, name, None)
+        if values is None:
+            continue
+        if len(values) != num_layers:
+            raise SelectionError(f"config.{name} has {len(values)} entries for {num_layers} layers", hint="the model's config is inconsistent")
+        out[name] = [values[i] for i in kept]
+    out["num_hidden_layers"] = len(kept)
+    return out
+
+
+def _indexed(layer: Any) -> list[Any]:
+    """The sub-modules of a decoder layer that carry a ``layer_idx`` (attention, for its cache)."""
+    return [m for m in layer.modules() if hasattr(m, "layer_idx")]
+
+
+@contextmanager
+def layer_subset(model: Any, layers: list[int] | None) -> Iterator[Any]:
+    """Run ``model`` with only decoder ``layers`` (sorted), renumbered; restored on exit.
+
+    ``None`` keeps every layer. Inside, the layer list, each kept layer's ``layer_idx`` and
+    the config (:func:`shrunk_config`) are those of a compact model of ``layers``.
+    """
+    if layers is None:
+        yield model
+        return
+    fam = family_of(model)
+    parent, attr = layer_parent(model, fam)
+    full = getattr(parent, attr)
+    kept = check_subset(list(layers), len(full))
+    config = model.config
+    shrunk = shrunk_config(config, fam, kept, len(full))
+    saved_config = {name: getattr(config, name) for name in shrunk}
+    saved_idx = [(m, m.layer_idx) for i in kept for m in _indexed(full[i])]
+    try:
+        setattr(parent, attr, torch.nn.ModuleList([full[i] for i in kept]))
+        for new, i in enumerate(kept):
+            for m in _indexed(full[i]):
+                m.layer_idx = new
+        for name, value in shrunk.items():
+            setattr(config, name, value)
+        yield model
+    finally:
+        setattr(parent, attr, full)
+        for m, idx in saved_idx:
+            m.layer_idx = idx
+        for name, value in saved_config.items():
+            setattr(config, name, value)
+
+
+class LayerRunner:
+    """Calls a model's pieces (embedding, any decoder layer, final norm + head) directly."""
+
+    def __init__(self, model: Any) -> None:
+        fam = family_of(model)
+        self.model = model
+        self.layers = get_module(model, fam.layers)
+        self.embed = get_module(model, fam.embed)
+        self.norm = get_module(model, fam.final_norm)
+        self.head = get_module(model, fam.lm_head)
+        self.rotary = getattr(layer_parent(model, fam)[0], "rotary_emb", None)
+        if self.rotary is None:
+            raise UnsupportedArchitectureError(f"{fam.name}: no rotary embedding beside {fam.layers}", hint="layer subsets need a rotary-position model")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @staticmethod
+    def device_of(module: Any) -> torch.device:
+        return next(module.parameters()).device
+
+    def _placed(self, batch: PackedBatch, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The batch's mask and rotary ``(cos, sin)`` on ``device``, computed once."""
+        if device not in batch._placed:
+            positions = batch.positions.to(device)
+            probe = torch.zeros((), dtype=batch.bias.dtype, device=device)
+            cos_sin = self.rotary(probe, position_ids=positions)
+            batch._placed[device] = (batch.bias.to(device), cos_sin)
+        return batch._placed[device]
+
+    def embed_batch(self, batch: PackedBatch) -> torch.Tensor:
+        """Token embeddings: [B, S, d]."""
+        return self.embed(batch.ids.to(self.device_of(self.embed)))
+
+    def layer(self, index: int, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Decoder layer ``index`` on ``hidden`` [B, S, d] -> [B, S, d], on that layer's device."""
+        module = self.layers[index]
+        device = self.device_of(module)
+        bias, cos_sin = self._placed(batch, device)
+        positions = batch.positions.to(device)
+        return module(hidden.to(device), attention_mask=bias, position_ids=positions, position_embeddings=cos_sin)
+
+    def logprobs(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Log-probabilities of the batch's predicted tokens ``batch.tgt``: [M], float32 on the CPU."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        picked = flat[batch.src.to(flat.device)]
+        normed = self.norm(picked.to(self.device_of(self.norm)))
+        logits = self.head(normed.to(self.device_of(self.head)))  # [M, V]
+        return picked_logprobs(logits, torch.arange(logits.shape[0], device=logits.device), batch.tgt).cpu()
+
+    def scores(self, hiddens: list[torch.Tensor], batches: list[PackedBatch], *, examples: int, conts: int) -> torch.Tensor:
+        """Length-normalised log-likelihood of each continuation from final states: [examples, conts]."""
+        logp = torch.cat([self.logprobs(hidden, batch) for hidden, batch in zip(hiddens, batches)])
+        group = torch.cat([batch.group for batch in batches])
+        return mean_by_group(logp, group, examples * conts).reshape(examples, conts)

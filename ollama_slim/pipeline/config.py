@@ -1,0 +1,101 @@
+"""``prune``'s options: :class:`PruneConfig`, and the command line that reproduces one.
+
+No stage code here: the stage table (:mod:`ollama_slim.pipeline.stages`), the runner and
+the report all read this module, and it reads none of them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ollama_slim.models.tags import default_slim_name, parse_name
+from ollama_slim.pipeline.layout import RUNS_DIR
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Every option of ``prune``; defaults are the choices the benchmarks measured best."""
+
+    model: str
+    keep: int
+    name: str | None = None
+    data: str = "movielens-100k"
+    methods: tuple[str, ...] = ("ablation",)  # tools/bench_select.py: 10.03 val loss vs 10.95 fused with block influence + angular
+    strategy: str = "ranked"
+    bridge: str = "mlp-fold"
+    steps: int = 150
+    batch_size: int = 8
+    lora_rank: int = 16
+    lr: float = 2e-4
+    rank_negatives: int = 0
+    rank_weight: float = 0.5
+    checkpoint_every: int = 25
+    outtype: str = "q8_0"
+    register: bool = True
+    run_dir: Path | None = None
+    from_stage: str | None = None
+    hf: str | None = None
+    calib_users: int = 32
+    val_users: int = 64
+    eval_users: int = 100
+    history: int = 5
+    title_words: int = 10
+    reference: bool | None = None  # None: on when a GPU makes the budget affordable
+    cross_domain: str | None = None
+    host: str | None = None
+    force: bool = False
+    dtype: str = "float32"
+    device_map: str | None = None
+    bench_repeats: int = 3
+    seed: int = 0
+
+    @property
+    def slim_name(self) -> str:
+        """``--name``, else ``<family>-slim`` (``qwen2.5:0.5b`` -> ``qwen2.5-slim``)."""
+        if self.name:
+            return self.name
+        if Path(self.model).exists():
+            return f"{Path(self.model).stem.lower()}-slim"
+        return default_slim_name(parse_name(self.model))
+
+    def root(self) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        return RUNS_DIR / self.slim_name
+
+    def use_reference(self) -> bool:
+        if self.reference is not None:
+            return self.reference
+        import torch
+
+        return torch.cuda.is_available()
+
+    def wants_reference(self) -> bool:
+        """Whether the run fine-tunes the full model too (only when the slim one is healed)."""
+        return self.use_reference() and self.steps > 0
+
+    def eval_targets(self) -> dict[str, tuple[str, str]]:
+        """label -> (which model, data set): original zero-shot, slim, reference, cross-domain."""
+        targets = {"original": ("original", self.data), "slim": ("slim", self.data)}
+        if self.wants_reference():
+            targets["reference"] = ("reference", self.data)
+        if self.cross_domain:
+            targets |= {"cross_original": ("original", self.cross_domain), "cross_slim": ("slim", self.cross_domain)}
+        return targets
+
+
+def command_line(config: PruneConfig) -> str:
+    """The ``ollama-slim prune`` command that reproduces ``config``."""
+    defaults = PruneConfig(model=config.model, keep=config.keep)
+    parts = ["ollama-slim", "prune", config.model, "--keep", str(config.keep)]
+    for key, value in asdict(config).items():
+        if key in ("model", "keep", "from_stage", "force") or value == getattr(defaults, key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{key.replace('_', '-')}")
+        else:
+            parts += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return shlex.join(parts)

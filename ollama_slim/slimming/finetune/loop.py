@@ -1,0 +1,110 @@
+"""The training loop: learning-rate schedule, one optimizer step, steps with checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ollama_slim.models.lm import Row, title_logits
+from ollama_slim.slimming.bridges import attach_bridge
+from ollama_slim.slimming.finetune.checkpoints import save_checkpoint
+from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress
+from ollama_slim.slimming.finetune.data import batch_indices, encode_rows, negative_items
+from ollama_slim.slimming.finetune.losses import distill_loss, student_loss
+from ollama_slim.slimming.finetune.trainee import Trainee, base_model
+
+
+def learning_rate(step: int, *, total: int, peak: float, warmup: float) -> float:
+    """Linear warm-up over ``warmup`` of the steps, then linear decay to 10% of ``peak``."""
+    ramp = max(1, int(round(warmup * total)))
+    if step < ramp:
+        return peak * (step + 1) / ramp
+    return peak * (1.0 - 0.9 * (step - ramp) / max(1, total - ramp))
+
+
+def total_steps(config: FinetuneConfig, num_examples: int) -> int:
+    """``config.steps``, or the steps ``config.epochs`` over ``num_examples`` take."""
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * num_examples / config.batch_size))
+
+
+@dataclass
+class Loop:
+    """Everything one optimizer step needs."""
+
+    config: FinetuneConfig
+    trainee: Trainee
+    teacher: Any | None
+    tokenizer: Any
+    dataset: Any
+    examples: list[Any]
+    optimizer: Any
+    accelerator: Any
+    total: int
+
+
+def _step_rows(loop: Loop, step: int) -> list[Row]:
+    """This process's share of step ``step``'s batch, encoded with its candidates."""
+    acc, config = loop.accelerator, loop.config
+    indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(loop.examples), seed=config.seed)
+    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
+    chosen = [loop.examples[i] for i in mine]
+    negatives = None
+    if config.rank_negatives > 0:
+        negatives = [negative_items(loop.dataset, loop.examples[i], count=config.rank_negatives, seed=config.seed, step=step, index=i) for i in mine]
+    return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives)
+
+
+def _step_loss(loop: Loop, step: int) -> torch.Tensor:
+    """The loss of this process's share of step ``step``'s batch (scalar)."""
+    rows = _step_rows(loop, step)
+    pad = loop.tokenizer.pad_token_id or 0
+    with loop.accelerator.autocast():
+        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad)
+        if loop.teacher is not None:
+            batch = [(p, cands[0]) for p, cands in rows]
+            with torch.no_grad():
+                teacher_logits, _ = title_logits(loop.teacher, batch, pad_id=pad)
+            w = loop.config.distill_weight
+            loss = (1.0 - w) * loss + w * distill_loss(logits, teacher_logits, [len(t) for _, t in batch])
+    return loss
+
+
+def train_step(loop: Loop, step: int) -> float:
+    """One optimizer step; returns the loss averaged over processes."""
+    lr = learning_rate(step, total=loop.total, peak=loop.config.lr, warmup=loop.config.warmup)
+    for group in loop.optimizer.param_groups:
+        group["lr"] = lr
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss = _step_loss(loop, step)
+    loop.accelerator.backward(loss)
+    loop.accelerator.clip_grad_norm_(list(loop.trainee.params.values()), 1.0)
+    loop.optimizer.step()
+    return float(loop.accelerator.reduce(loss.detach(), reduction="mean"))
+
+
+def run_loop(loop: Loop, *, start: int, losses: list[float], checkpoint_dir: Path, on_step: Callable[[FinetuneProgress], None] | None) -> list[float]:
+    """Steps ``start..total-1``, a checkpoint every ``checkpoint_every`` steps and at the end."""
+    began = time.perf_counter()
+    model = loop.trainee.model
+    model.train()
+    with attach_bridge(base_model(loop.accelerator.unwrap_model(model)), loop.trainee.bridge) if loop.trainee.bridge else nullcontext():
+        for step in range(start, loop.total):
+            losses.append(train_step(loop, step))
+            done = step + 1
+            if done % loop.config.checkpoint_every == 0 or done == loop.total:
+                loop.accelerator.wait_for_everyone()
+                if loop.accelerator.is_main_process:
+                    save_checkpoint(checkpoint_dir, step=done, trainee=loop.trainee, optimizer=loop.optimizer, config=loop.config, losses=losses)
+            if on_step is not None:
+                lr = loop.optimizer.param_groups[0]["lr"]
+                on_step(FinetuneProgress(step=done, total=loop.total, loss=losses[-1], lr=lr, seconds=time.perf_counter() - began))
+    model.eval()
+    return losses

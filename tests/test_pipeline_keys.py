@@ -1,0 +1,105 @@
+"""Each stage's resume key comes from its config: every option reruns exactly the stages it feeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ollama_slim.pipeline.config import PruneConfig
+from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.pipeline.prune import prune
+from ollama_slim.pipeline.runner import OUTPUT_NEUTRAL
+from ollama_slim.pipeline.stages import STAGES, stage_options
+from toy_data import write_toy_data
+
+HEALING = {"finetune", "reference"}
+PROMPT = {"score", "select", "finetune", "reference", "eval"}  # every stage that builds a prompt
+# PruneConfig field -> the stages whose own config it changes (the report quotes every option, so it is added to each).
+FEEDS: dict[str, set[str]] = {
+    "model": {"resolve", "score", "build", "reference", "register"},  # register: the default name comes from the model
+    "keep": {"select"},
+    "name": {"register"},
+    "data": {"score", "select", "build", "eval"} | HEALING,
+    "methods": {"score"},
+    "strategy": {"select"},
+    "bridge": {"build"},
+    "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING,
+    "outtype": {"export", "bench"},  # bench times the original exported at that outtype
+    "register": {"register"},
+    "hf": {"resolve", "score", "select", "build", "reference"},
+    "calib_users": {"score"},
+    "val_users": {"select"},
+    "eval_users": {"eval"},
+    "history": PROMPT,
+    "title_words": PROMPT,
+    "reference": {"reference", "eval"},
+    "cross_domain": {"eval"},
+    "host": {"register"},
+    "dtype": {"score", "select"},
+    "bench_repeats": {"bench"},
+    "seed": PROMPT,
+}
+
+
+def _base(tmp_path: Path) -> PruneConfig:
+    return PruneConfig(model="smollm2:135m", keep=10, run_dir=tmp_path / "run", reference=True)
+
+
+def _other(name: str, value: Any, tmp_path: Path) -> Any:
+    """A different value for field ``name`` of the right kind."""
+    special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
+               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin")}
+    if name in special:
+        return special[name]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1 if isinstance(value, int) else value / 2
+    return f"{value}x" if isinstance(value, str) else "x"
+
+
+def _changed_stages(base: PruneConfig, changed: PruneConfig) -> set[str]:
+    before = stage_options(base, RunLayout(base.root()))
+    after = stage_options(changed, RunLayout(changed.root()))
+    return {stage for stage in STAGES if before[stage] != after[stage]}
+
+
+def test_every_prune_option_is_classified() -> None:
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    unclassified = fields - set(FEEDS) - OUTPUT_NEUTRAL
+    assert not unclassified, f"classify these PruneConfig fields: add them to FEEDS here, or to OUTPUT_NEUTRAL in pipeline/runner.py: {unclassified}"
+    assert not set(FEEDS) & OUTPUT_NEUTRAL
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(PruneConfig)])
+def test_changing_an_option_reruns_exactly_the_stages_it_feeds(field: str, tmp_path: Path) -> None:
+    base = _base(tmp_path)
+    changed = dataclasses.replace(base, **{field: _other(field, getattr(base, field), tmp_path)})
+    expected = set() if field in OUTPUT_NEUTRAL else FEEDS[field] | {"report"}
+    assert _changed_stages(base, changed) == expected
+
+
+def test_a_moved_run_keeps_its_keys(tmp_path: Path) -> None:
+    base = _base(tmp_path)
+    moved = dataclasses.replace(base, run_dir=tmp_path / "elsewhere" / "copy")
+    assert stage_options(base, RunLayout(base.root())) == stage_options(moved, RunLayout(moved.root()))
+
+
+def test_history_reruns_score_and_select_and_the_report_shows_the_export_check(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume bug: `prune ... --history 10` after `prune ...` must not keep scores and a selection made with other prompts."""
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "store"))
+    config = PruneConfig(model="llama3.2:1b", hf=str(tiny_llama), keep=3, run_dir=tmp_path / "run", data=str(write_toy_data(tmp_path / "toy")),
+                         methods=("block-influence",), bridge="none", steps=0, calib_users=4, val_users=4, eval_users=4, bench_repeats=1,
+                         reference=False, register=False)
+    first = prune(config)
+    assert first.skipped == []
+    check = json.loads((config.run_dir / "export.json").read_text())["check"]
+    report = (config.run_dir / "report.md").read_text()  # the report shows export's acceptance figures
+    assert f"| `q8_0` | {check['rel_diff']:.2g} " in report and f"| {check['top1_agree']}/20 | {check['top5_agree']}/20 |" in report
+    again = prune(dataclasses.replace(config, history=config.history + 5))
+    assert again.skipped == ["resolve"] and again.ran[:2] == ["score", "select"]
+    assert prune(dataclasses.replace(config, history=config.history + 5)).ran == []

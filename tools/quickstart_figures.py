@@ -1,0 +1,167 @@
+"""The README's quickstart figures, from a real run of the quickstart with today's defaults.
+
+    python tools/quickstart_figures.py [--workdir DIR] [--write-readme]
+    python tools/quickstart_figures.py --from-json docs/quickstart_figures.json [--write-readme]
+
+Runs the README's quickstart command exactly (``ollama-slim prune smollm2:135m --keep 10
+--no-register``) in --workdir (default: a new temp dir, kept), so the run directory is
+DIR/runs/smollm2-slim; times it end to end and runs it again to time a rerun with
+everything present; reads the run's own files (stage seconds, the original's and the
+slim model's NDCG@10 with 95% intervals, the baselines, the speed ratios). Prints the
+figures as JSON on stdout and a table on stderr. --write-readme saves them to
+docs/quickstart_figures.json and rewrites the README paragraph between
+``<!-- quickstart-figures -->`` and ``<!-- /quickstart-figures -->``; a test checks the
+two agree, so the README's figures cannot drift from a real run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ollama_slim import paths  # noqa: E402
+from ollama_slim.pipeline.layout import RunLayout  # noqa: E402
+
+COMMAND = "ollama-slim prune smollm2:135m --keep 10 --no-register"
+RUN_DIR = Path("runs") / "smollm2-slim"  # where the quickstart's run lands, relative to where it runs
+README = REPO / "README.md"
+FIGURES = REPO / "docs" / "quickstart_figures.json"
+BEGIN, END = "<!-- quickstart-figures -->", "<!-- /quickstart-figures -->"
+
+
+def run_quickstart(workdir: Path) -> float:
+    """Run the quickstart command in ``workdir``; its wall time in seconds (its output goes to our stderr)."""
+    exe = shutil.which("ollama-slim")
+    argv = [exe, *shlex.split(COMMAND)[1:]] if exe else [sys.executable, "-m", "ollama_slim.cli", *shlex.split(COMMAND)[1:]]
+    began = time.perf_counter()
+    done = subprocess.run(argv, cwd=workdir, stdout=sys.stderr, stderr=sys.stderr, check=False)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise click.ClickException(f"the quickstart failed (exit {done.returncode}) in {workdir}")
+    return seconds
+
+
+def _interval(value: dict[str, float]) -> dict[str, float]:
+    return {k: round(value[k], 4) for k in ("mean", "low", "high")}
+
+
+def collect(run_dir: Path, *, wall: float, rerun: float, load: float | None = None) -> dict[str, Any]:
+    """The figures of the finished quickstart run in ``run_dir`` (its own result files)."""
+    layout = RunLayout(run_dir)
+    state, config = paths.read_json(layout.state), paths.read_json(layout.prune_record)["config"]
+    original, slim = paths.read_json(layout.eval_record("original")), paths.read_json(layout.eval_record("slim"))
+    bench = paths.read_json(layout.bench)
+    return {
+        "command": COMMAND, "date": date.today().isoformat(), "cpus": os.cpu_count(), "load_average": load,
+        "wall_seconds": round(wall, 1), "rerun_seconds": round(rerun, 1),
+        "stages": {name: record["seconds"] for name, record in state.items() if isinstance(record, dict) and "seconds" in record},
+        "defaults": {k: config[k] for k in ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats")},
+        "eval": {"users": slim["users"], "candidates": slim["candidates"], "regime": slim["config"]["regime"], "data": slim["data"]["name"]},
+        "ndcg10": {"original": _interval(original["metrics"]["ndcg@10"]), "slim": _interval(slim["metrics"]["ndcg@10"]),
+                   "popularity": _interval(slim["baselines"]["popularity"]["ndcg@10"]), "random": round(slim["baselines"]["random"]["ndcg@10"], 4)},
+        "speed": {"prompt": round(bench["ratios"]["prompt_tps"], 2), "generation": round(bench["ratios"]["gen_tps"], 2)},
+    }
+
+
+def _minutes(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def _ci(value: dict[str, float]) -> str:
+    return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def render(figures: dict[str, Any]) -> str:
+    """The README paragraph for ``figures`` (markdown, wrapped at about 100 columns)."""
+    f, d, n = figures, figures["defaults"], figures["ndcg10"]
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in f["stages"].items() if seconds >= 0.5)
+    load = f", load average {f['load_average']:.1f} at the start" if f.get("load_average") is not None else ""
+    best_llm = max(n["original"]["mean"], n["slim"]["mean"])
+    verdict = ("Popularity beats both at this budget, as the design warned for small models." if n["popularity"]["mean"] > best_llm
+               else "The slim model beats popularity." if n["slim"]["mean"] > n["popularity"]["mean"] else "The original beats popularity; the slim model does not.")
+    text = (
+        f"Measured here ({f['date']}, {f['cpus']} CPU cores{load}; `python tools/quickstart_figures.py --write-readme` reran it and "
+        f"wrote this paragraph): the quickstart with its defaults (`--methods {','.join(d['methods'])} --strategy {d['strategy']} "
+        f"--bridge {d['bridge']} --steps {d['steps']} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end "
+        f"({stages}), and rerunning it with everything present took **{f['rerun_seconds']:.1f} s**. Its report on "
+        f"{f['eval']['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
+        f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])}, popularity {_ci(n['popularity'])}, random "
+        f"{n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
+        f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}"
+    )
+    return _wrap(text)
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
+
+
+def readme_block(readme: str) -> str:
+    """The text between the README's quickstart-figures markers."""
+    if BEGIN not in readme or END not in readme:
+        raise click.ClickException(f"README.md has no {BEGIN} ... {END} block")
+    return readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def with_block(readme: str, block: str) -> str:
+    """``readme`` with the text between the markers replaced by ``block``."""
+    readme_block(readme)  # the markers are there
+    head, rest = readme.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}"
+
+
+def table(figures: dict[str, Any]) -> Table:
+    out = Table(title=f"{figures['command']} ({figures['date']}, {figures['cpus']} cores)", show_header=False)
+    out.add_row("wall time", f"{_minutes(figures['wall_seconds'])} ({figures['wall_seconds']:.1f} s); rerun {figures['rerun_seconds']:.1f} s")
+    for name, seconds in figures["stages"].items():
+        out.add_row(f"  {name}", f"{seconds:.1f} s")
+    for label, value in figures["ndcg10"].items():
+        out.add_row(f"NDCG@10 {label}", f"{value:.3f}" if isinstance(value, float) else _ci(value))
+    out.add_row("speed slim/original", f"prompt {figures['speed']['prompt']:.2f}x, generation {figures['speed']['generation']:.2f}x")
+    return out
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where to run the quickstart [default: a new temp dir, kept].")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Render saved figures instead of running.")
+@click.option("--write-readme", is_flag=True, help=f"Save the figures to {FIGURES.relative_to(REPO)} and rewrite the README paragraph.")
+def main(workdir: Path | None, from_json: Path | None, write_readme: bool) -> None:
+    """Run the README's quickstart and report (or write) its figures."""
+    if from_json is not None:
+        figures = json.loads(from_json.read_text(encoding="utf-8"))
+    else:
+        workdir = workdir or Path(tempfile.mkdtemp(prefix="quickstart-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        load = os.getloadavg()[0]
+        wall = run_quickstart(workdir)
+        rerun = run_quickstart(workdir)
+        figures = collect(workdir / RUN_DIR, wall=wall, rerun=rerun, load=load)
+    click.echo(json.dumps(figures, indent=2))
+    Console(stderr=True).print(table(figures))
+    if write_readme:
+        FIGURES.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        README.write_text(with_block(README.read_text(encoding="utf-8"), render(figures)), encoding="utf-8")
+        click.echo(f"wrote {FIGURES} and the quickstart figures of {README}", err=True)
+
+
+if __name__ == "__main__":
+    main()
