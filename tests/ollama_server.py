@@ -741,8 +741,9 @@ class OllamaStandIn:
         if req.get("raw"):
             prompt = req["prompt"]
         else:
-            messages = [{"Role": "user", "Content": req["prompt"]}]
-            prompt = self._render(req.get("template") or model.template, req.get("system") or "", messages, req["prompt"])
+            system = req.get("system") or ""
+            messages = ([{"Role": "system", "Content": system}] if system else []) + [{"Role": "user", "Content": req["prompt"]}]
+            prompt = self._render(req.get("template") or model.template, system, messages, req["prompt"])
         self._answer(h, req, model, prompt, key="response")
 
     def _chat(self, h: _Handler) -> None:
@@ -750,8 +751,8 @@ class OllamaStandIn:
         model = self._loaded_model(req)
         msgs = req.get("messages") or []
         system = "\n\n".join(m.get("content", "") for m in msgs if m.get("role") == "system")
-        rest = [{"Role": m.get("role", "user"), "Content": m.get("content", "")} for m in msgs if m.get("role") != "system"]
-        prompt = self._render(model.template, system, rest, rest[-1]["Content"] if rest else "")
+        messages = [{"Role": m.get("role", "user"), "Content": m.get("content", "")} for m in msgs]  # as Ollama: system messages stay in .Messages
+        prompt = self._render(model.template, system, messages, messages[-1]["Content"] if messages else "")
         self._answer(h, req, model, prompt, key="message")
 
     def _loaded_model(self, req: dict[str, Any]) -> Model:

@@ -20,6 +20,9 @@ from ollama_slim.recsys.scorers import SCORERS
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.slimming.build import BuildConfig
 from ollama_slim.slimming.finetune import FinetuneConfig
+from ollama_slim.slimming.finetune.distill import ALIGN_TARGETS
+from ollama_slim.slimming.finetune.losses import ALIGN_LOSSES
+from ollama_slim.slimming.finetune.validation import VAL_MEASURES
 from ollama_slim.slimming.importance import METHODS, ScoreConfig
 from ollama_slim.slimming.selection import STRATEGIES, SelectConfig
 
@@ -31,6 +34,7 @@ CHOICES: dict[tuple[str, str], list[str]] = {
     ("build", "--bridge"): list(BRIDGES), ("build", "--dtype"): list(DTYPES), ("export", "--outtype"): outtypes(),
     ("bench", "--backend"): backend_names(), ("eval", "--backend"): ["auto", *SCORERS],
     ("eval", "--split"): list(EVAL_SPLITS), ("eval", "--regime"): list(REGIMES),
+    ("finetune", "--align-kind"): list(ALIGN_LOSSES), ("finetune", "--align-at"): list(ALIGN_TARGETS), ("finetune", "--val-measure"): list(VAL_MEASURES),
 }
 COMMA_LISTS = {("prune", "--methods"): list(METHODS), ("score", "--methods"): list(METHODS)}
 CONFIGS = {"prune": PruneConfig, "score": ScoreConfig, "select": SelectConfig, "build": BuildConfig, "finetune": FinetuneConfig,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -335,3 +337,285 @@ def test_cli_trains_with_the_ranking_loss(tiny_llama: Path, tiny_data: Path, tmp
     assert record["rank_negatives"] == 2 and record["rank_weight"] == 0.7
     help_text = CliRunner().invoke(main, ["finetune", "--help"]).output
     assert "--rank-negatives" in help_text and "--rank-weight" in help_text
+
+
+# --- issue 11: listwise KD, hidden-state alignment, teacher cache, both negative regimes, early stopping ---
+
+_ROWS = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51]]), ([1, 7], [[60, 61], [62, 63, 64, 65], [66]])]
+
+
+def _identity_gaps_teacher(path: Path, dropped: list[int]):
+    """``path``'s model with layers ``dropped`` made the identity (zero attention and MLP outputs)."""
+    from ollama_slim.models.modeling import load_model
+
+    teacher = load_model(path)
+    with torch.no_grad():
+        for i in dropped:
+            teacher.model.layers[i].self_attn.o_proj.weight.zero_()
+            teacher.model.layers[i].mlp.down_proj.weight.zero_()
+    return teacher.requires_grad_(False)
+
+
+def _compact(source: Path, out: Path, kept: list[int]) -> Path:
+    """``source`` cut to layers ``kept`` and saved with its ``slim.json`` record, as `build` does."""
+    from ollama_slim.models.modeling import load
+    from ollama_slim.slimming.build import save_compact, slice_model
+
+    model, tokenizer = load(source)
+    save_compact(slice_model(model, kept), tokenizer, out, provenance={"kept": kept, "num_layers": len(model.model.layers)})
+    return out
+
+
+def test_listwise_kd_is_zero_for_the_teacher_itself_and_trains_only_the_student(tiny_llama: Path) -> None:
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.slimming.finetune.losses import listwise_kd_loss, student_terms
+    from ollama_slim.slimming.finetune.teacher import TeacherPlan, run_teacher
+
+    teacher = load_model(tiny_llama).requires_grad_(False)
+    student = wrap_lora(load_model(tiny_llama), _config(tiny_llama, tiny_llama, None))  # LoRA B = 0: the teacher's function
+    scores = torch.stack([t["scores"] for t in run_teacher(teacher, _ROWS, TeacherPlan(scores=True), pad_id=2)])  # [B, C]
+    assert scores.shape == (2, 3) and not scores.requires_grad
+    assert listwise_kd_loss(student_terms(student, _ROWS, pad_id=2).scores, scores, temperature=2.0).item() == 0.0
+    with torch.no_grad():
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    kd = listwise_kd_loss(student_terms(student, _ROWS, pad_id=2).scores, scores, temperature=2.0)
+    assert kd.item() > 1e-4
+    kd.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in student.named_parameters() if "lora" in n)
+    assert all(p.grad is None for p in teacher.parameters())
+    flat = torch.tensor([[0.0, -1.0, -2.0]])
+    assert listwise_kd_loss(flat, flat).item() == 0.0 and listwise_kd_loss(flat, flat.flip(-1)).item() > 0
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_alignment_reads_the_teachers_layers_at_their_original_indices(tiny_qwen2: Path, tmp_path: Path, candidates: int) -> None:
+    """The student is the teacher cut to 0,2,5 where layers 1,3,4 are the identity: compact layer i is
+    original layer kept[i] exactly, so aligning with the right indices costs 0, and a shifted map does not."""
+    from ollama_slim.models.lm import recorded
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.slimming.build import slice_model
+    from ollama_slim.slimming.finetune.distill import aligned_layers, at_gap_end, at_kept, states_at_targets
+    from ollama_slim.slimming.finetune.losses import cosine_align, nmse_align, student_terms
+    from ollama_slim.slimming.finetune.teacher import TeacherPlan, run_teacher
+
+    teacher = _identity_gaps_teacher(tiny_qwen2, [1, 3, 4])
+    student = slice_model(teacher, [0, 2, 5])
+    rows = [(p, c[:candidates]) for p, c in _ROWS]
+    with recorded(student, layers=(0, 1, 2)) as seen:
+        student_terms(student, rows, pad_id=2)
+    states = states_at_targets(seen, rows, (0, 1, 2))  # [L, T, d]
+    assert states.shape == (3, 5, 64)
+
+    def teacher_states(layers: list[int]) -> torch.Tensor:
+        plan = TeacherPlan(scores=candidates > 1, layers=tuple(layers))  # the student's layout: packed with candidates
+        return torch.cat([t["hidden"] for t in run_teacher(teacher, rows, plan, pad_id=2)], dim=1)
+
+    assert at_kept([0, 2, 5], 6) == [0, 2, 5] and at_gap_end([0, 2, 5], 6) == [1, 4, 5]
+    for layers in ([0, 2, 5], [1, 4, 5]):
+        assert nmse_align(states, teacher_states(layers)).item() == 0.0
+        assert cosine_align(states, teacher_states(layers)).item() < 1e-6
+    for shifted in ([0, 1, 2], [0, 2, 4]):  # the student's own indices; one off at the end
+        assert nmse_align(states, teacher_states(shifted)).item() > 0.05
+        assert cosine_align(states, teacher_states(shifted)).item() > 0.01
+    compact = _compact(tiny_qwen2, tmp_path / "compact", [0, 2, 5])
+    kw = dict(distill_from=str(tiny_qwen2), align_weight=1.0)
+    plain = load_model(compact)
+    assert aligned_layers(_config(compact, compact, None, **kw), teacher=teacher, student=plain, model_dir=compact) == [0, 2, 5]
+    assert aligned_layers(_config(compact, compact, None, align_at="gap-end", **kw), teacher=teacher, student=plain, model_dir=compact) == [1, 4, 5]
+    with pytest.raises(UsageError, match="was cut from a model of 6"):
+        aligned_layers(_config(compact, compact, None, **kw), teacher=plain, student=plain, model_dir=compact)
+    with pytest.raises(UsageError, match="has no record of kept layers"):
+        aligned_layers(_config(tiny_qwen2, tiny_qwen2, None, **kw), teacher=teacher, student=load_model(tiny_qwen2), model_dir=tiny_qwen2)
+
+
+def test_cached_teacher_outputs_equal_fresh_ones(tiny_llama: Path, tmp_path: Path) -> None:
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.slimming.finetune.teacher import Teacher, TeacherCache, TeacherPlan, run_teacher, teacher_identity
+
+    model = load_model(tiny_llama).requires_grad_(False)
+    plan = TeacherPlan(title=True, scores=True, layers=(1, 3))
+    fresh = run_teacher(model, _ROWS, plan, pad_id=2)
+    assert [t["head_in"].shape for t in fresh] == [(3, 64), (2, 64)] and fresh[0]["hidden"].shape == (2, 3, 64) and fresh[1]["scores"].shape == (3,)
+    teacher = Teacher(model=model, plan=plan, cache=TeacherCache(tmp_path / "cache", teacher_identity(tiny_llama)))
+    first, again = teacher.targets(_ROWS, pad_id=2), teacher.targets(_ROWS, pad_id=2)
+    assert (teacher.forwards, teacher.computed, teacher.cached) == (1, 2, 2) and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    for ours, got, cached in zip(fresh, first, again):
+        assert ours.keys() == got.keys() == cached.keys() == {"head_in", "scores", "hidden"}
+        assert all(torch.equal(ours[k], got[k]) and torch.equal(ours[k], cached[k]) for k in ours)
+    other = ([1, 8, 8], [[40, 41], [50], [60]])
+    mixed = teacher.targets([_ROWS[1], other], pad_id=2)  # one cached, one computed in another batch
+    assert (teacher.forwards, teacher.computed, teacher.cached) == (2, 3, 3)
+    alone = run_teacher(model, [_ROWS[1]], plan, pad_id=2)[0]
+    assert all(torch.allclose(mixed[0][k], alone[k], atol=1e-5) for k in alone)
+    title, _ = title_logits(model, [(p, c[0]) for p, c in _ROWS], pad_id=2)
+    torch.testing.assert_close(model.lm_head(torch.cat([t["head_in"] for t in again])), title, rtol=0, atol=1e-5)
+    assert Teacher(model=model, plan=TeacherPlan(scores=True), cache=teacher.cache).targets(_ROWS, pad_id=2)[0].keys() == {"scores"}  # another plan: another file
+
+
+def test_teacher_runs_in_the_first_epoch_only_with_its_cache(tiny_llama: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_slim.slimming.finetune import teacher as teacher_module
+
+    calls: list[int] = []
+    run = teacher_module.run_teacher
+    monkeypatch.setattr(teacher_module, "run_teacher", lambda *a, **kw: calls.append(len(a[1])) or run(*a, **kw))
+    after: dict[int, int] = {}
+    config = _config(tiny_llama, tiny_data, tmp_path / "out", users=4, steps=6, distill_from=str(tiny_llama), teacher_cache=True,
+                     rank_negatives=2, fixed_negatives=True, distill_listwise_weight=0.5)
+    result = ft.finetune(config, on_step=lambda p: after.__setitem__(p.step, len(calls)))
+    assert result.train_examples == 12  # 3 steps an epoch
+    assert after[3] == 3 and sum(calls) == 12 and after[6] == after[3]  # epoch 2: no teacher forward
+    assert result.teacher["forwards"] == 3 and result.teacher["cached_examples"] == 12
+    assert len(list((tmp_path / "out.checkpoints" / "teacher").glob("*.safetensors"))) == 12
+
+
+def _skewed_dataset():
+    """60 items, three of 0-4 in every other user's train part; user 0 has seen only rare ones (50-54)."""
+    from ollama_slim.recsys.data import make_dataset
+
+    sequences = {0: [50, 51, 52, 53, 54]}
+    sequences.update({u: [u % 5, (u + 1) % 5, (u + 2) % 5, 10 + u, 55, 56] for u in range(1, 30)})
+    return make_dataset("skewed", sequences, {i: f"item {i}" for i in range(60)})
+
+
+def test_negatives_mix_both_regimes_under_the_seed() -> None:
+    from ollama_slim.recsys.data import CandidateSampler, examples, train_popularity
+    from ollama_slim.slimming.finetune.data import Negatives, draw_seed
+
+    dataset = _skewed_dataset()
+    example = examples(dataset, split="train", history=5, users=[0])[0]
+    mixed = Negatives(dataset, count=3, seed=7, regimes=("uniform", "popularity"))
+    draws = [mixed.draw(example, step=s, index=0) for s in range(40)]
+    assert draws == [Negatives(dataset, count=3, seed=7, regimes=("uniform", "popularity")).draw(example, step=s, index=0) for s in range(40)]
+    assert {regime for regime, _ in draws} == {"uniform", "popularity"}
+    for step, (regime, items) in enumerate(draws):
+        seed = draw_seed(seed=7, step=step, index=0)
+        assert items == CandidateSampler(dataset, negatives=3, regime=regime, seed=seed)(example)[1:]
+        assert not set(items) & set(dataset.sequences[0])
+    counts = train_popularity(dataset)
+    mean_pop = lambda regime: np.mean([counts.get(i, 0) for r, items in draws if r == regime for i in items])  # noqa: E731
+    assert mean_pop("popularity") > 3 * mean_pop("uniform")
+    uniform = Negatives(dataset, count=3, seed=7)
+    assert [uniform.draw(example, step=s, index=0)[1] for s in range(5)] == [negative_items(dataset, example, count=3, seed=7, step=s, index=0) for s in range(5)]
+    fixed = Negatives(dataset, count=3, seed=7, regimes=("uniform", "popularity"), fixed=True)
+    assert len({fixed.draw(example, step=s, index=0) for s in range(10)}) == 1
+
+
+def test_validation_measures_on_the_tiny_model(tiny_llama: Path, tiny_data: Path) -> None:
+    from ollama_slim.models.lm import score_shared_prefix, title_nll
+    from ollama_slim.models.modeling import load
+    from ollama_slim.recsys.data import load_dataset
+    from ollama_slim.recsys.metrics import per_user_metrics
+    from ollama_slim.slimming.finetune.validation import make_validator
+
+    model, tokenizer = load(tiny_llama)
+    dataset = load_dataset(str(tiny_data))
+    config = _config(tiny_llama, tiny_data, None, early_stop_patience=2, val_users=5, batch_size=2)
+    loss = make_validator(config, dataset, tokenizer)
+    assert len(loss.rows) == 5 and all(len(c) == 1 for _, c in loss.rows)
+    with torch.no_grad():
+        expected = title_nll(model, [(p, c[0]) for p, c in loss.rows], pad_id=tokenizer.pad_token_id).mean()
+    assert loss(model) == pytest.approx(float(expected), rel=1e-5)
+    ndcg = make_validator(replace(config, val_measure="ndcg", val_negatives=2), dataset, tokenizer)
+    scores = np.stack([score_shared_prefix(model, p, c, pad_id=tokenizer.pad_token_id).numpy() for p, c in ndcg.rows])
+    assert ndcg(model) == pytest.approx(float(per_user_metrics(scores)["ndcg@10"].mean()), abs=1e-6)
+    assert model.training is False
+    with pytest.raises(UsageError, match="--val-negatives 3 is more than the 2 items"):
+        make_validator(replace(config, val_measure="ndcg", val_negatives=3), dataset, tokenizer)
+
+
+def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_slim.slimming.finetune.validation import VAL_MEASURES, ValMeasure
+
+    values, seen = iter([3.0, 2.0, 2.5, 2.6, 1.0]), {}
+
+    def scripted(model, rows, *, batch, pad_id):  # measures 2.0 after step 4, then worse twice: stop after step 8
+        seen[len(seen) * 2 + 2] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return next(values)
+
+    monkeypatch.setitem(VAL_MEASURES, "loss", ValMeasure("loss", False, VAL_MEASURES["loss"].rows, scripted))
+    config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=20, full=True, lr=1e-3, early_stop_patience=2, eval_every=2)
+    result = ft.finetune(config)
+    assert (result.steps, result.best_step, result.stopped_early, len(result.losses)) == (8, 4, True, 8)
+    assert result.validation == [{"step": 2, "value": 3.0}, {"step": 4, "value": 2.0}, {"step": 6, "value": 2.5}, {"step": 8, "value": 2.6}]
+    saved = _weights(result.out_dir)
+    assert all(torch.equal(saved[k], seen[4][k]) for k in saved)
+    assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], seen[8]["model.layers.0.self_attn.q_proj.weight"])
+    assert json.loads((result.out_dir / "slim.json").read_text())["finetune"]["best_step"] == 4
+    again = ft.finetune(config)  # a rerun finds the stopped run and changes nothing
+    assert (again.steps, again.best_step, again.resumed_from) == (8, 4, 8)
+    assert all(torch.equal(saved[k], v) for k, v in _weights(again.out_dir).items())
+
+
+def test_interrupted_distillation_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path) -> None:
+    compact = _compact(tiny_qwen2, tmp_path / "compact", [0, 2, 5])
+    kw = dict(users=4, rank_negatives=2, fixed_negatives=True, rank_regimes=("uniform", "popularity"), distill_from=str(tiny_qwen2),
+              distill_weight=0.3, distill_listwise_weight=0.5, distill_temperature=2.0, align_weight=0.5, align_kind="nmse", teacher_cache=True,
+              early_stop_patience=10, eval_every=2)
+    straight = ft.finetune(_config(compact, tiny_data, tmp_path / "a", **kw))
+
+    def stop_after_five(progress: ft.FinetuneProgress) -> None:
+        if progress.step == 5:
+            raise KeyboardInterrupt
+
+    config = _config(compact, tiny_data, tmp_path / "b", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(config, on_step=stop_after_five)
+    resumed = ft.finetune(config)
+    assert resumed.resumed_from == 4 and resumed.losses == straight.losses
+    assert resumed.validation == straight.validation and len(resumed.validation) == 3 and resumed.best_step == straight.best_step
+    assert resumed.teacher["cached_examples"] > 0  # steps 5 and 6 read what the interrupted run and epoch 1 wrote
+    a, b = _weights(straight.out_dir), _weights(resumed.out_dir)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_new_options_are_off_by_default_and_checked() -> None:
+    base = ft.FinetuneConfig(model="m", data="d", steps=2)
+    assert set(base.fingerprint()) == {"model", "data", "steps", "epochs", "lora_rank", "lora_alpha", "full", "distill_from", "distill_weight",
+                                       "train_bridges", "lr", "batch_size", "warmup", "seed", "history", "title_words", "title_tokens", "users", "hf"}
+    assert not base.uses_distiller()
+    assert replace(base, rank_negatives=2).fingerprint().keys() == base.fingerprint().keys() | {"rank_negatives", "rank_weight"}
+    assert "rank_regimes" in replace(base, rank_negatives=2, rank_regimes=("popularity",)).fingerprint()
+    assert "eval_every" not in replace(base, eval_every=7).fingerprint() and "eval_every" in replace(base, eval_every=7, early_stop_patience=1).fingerprint()
+    teacher = dict(distill_from="t")
+    for kw, message in [
+        (dict(distill_listwise_weight=-1.0), "--distill-listwise-weight must be 0 or more"),
+        (dict(align_weight=float("nan")), "--align-weight must be 0 or more"),
+        (dict(distill_temperature=0.0), "--distill-temperature must be positive"),
+        (dict(align_weight=1.0), "--align-weight needs a teacher"),
+        (dict(teacher_cache=True), "--teacher-cache needs a teacher"),
+        (dict(distill_listwise_weight=0.5, **teacher), "--distill-listwise-weight needs candidates to rank"),
+        (dict(distill_listwise_weight=0.5, rank_negatives=2, teacher_cache=True, **teacher), "needs --fixed-negatives"),
+        (dict(align_kind="l1"), "--align-kind 'l1' is not known"),
+        (dict(align_at="middle"), "--align-at 'middle' is not known"),
+        (dict(rank_regimes=("uniform", "uniform")), "--rank-regimes must name each regime once"),
+        (dict(rank_regimes=("zipf",)), "--rank-regimes 'zipf' is not known"),
+        (dict(early_stop_patience=-1), "--early-stop-patience must be 0 or more"),
+        (dict(eval_every=0), "--eval-every, --val-users and --val-negatives must be positive"),
+        (dict(val_measure="auc"), "--val-measure 'auc' is not known"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            ft.check_config(replace(base, **kw))
+
+
+def test_cli_heals_with_both_regimes_and_early_stopping(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ollama_slim.cli import main
+
+    out = tmp_path / "cli"
+    args = ["finetune", str(tiny_llama), "--data", str(tiny_data), "--steps", "3", "--lora-rank", "2", "--batch-size", "2", "--rank-negatives", "2",
+            "--rank-regimes", "uniform,popularity", "--fixed-negatives", "--early-stop-patience", "1", "--eval-every", "1", "--val-users", "3", "--out", str(out)]
+    done = CliRunner().invoke(main, [*args, "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.stdout)
+    assert result["best_step"] in (1, 2, 3) and [v["step"] for v in result["validation"]] == list(range(1, result["steps"] + 1))
+    record = json.loads((out / "slim.json").read_text())["finetune"]["config"]
+    assert record["rank_regimes"] == ["uniform", "popularity"] and record["fixed_negatives"] and record["early_stop_patience"] == 1
+    for extra, message in [(["--align-kind", "l1"], "--align-kind 'l1' is not known"), (["--rank-regimes", "uniform,zipf"], "--rank-regimes 'zipf' is not known"),
+                           (["--distill-listwise-weight", "0.5"], "--distill-listwise-weight needs a teacher (--distill-from)")]:
+        bad = CliRunner().invoke(main, [*args, "--force", *extra])
+        assert bad.exit_code == 2 and f"Error: {message}" in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output

@@ -101,13 +101,14 @@ def test_readme_quickstart_figures_are_the_measured_ones(figures_tool) -> None:
 
 def test_figures_are_read_from_the_run(figures_tool, quickstart: tuple[Path, Path, str]) -> None:
     _, run, _ = quickstart
-    figures = figures_tool.collect(run, wall=12.3, rerun=1.0, load=0.5)
+    figures = figures_tool.collect(run, wall=12.3, rerun=1.0, cpu=20.0, load=(0.5, 3.5))
     slim = json.loads((run / "eval_slim.json").read_text())
     assert figures["ndcg10"]["slim"]["mean"] == round(slim["metrics"]["ndcg@10"]["mean"], 4)
     assert figures["ndcg10"]["random"] == round(slim["baselines"]["random"]["ndcg@10"], 4)
     assert list(figures["stages"]) == list(STAGES) and figures["eval"]["users"] == 4
-    text = figures_tool.render(figures)
-    assert "**12 s** end to end" in text and f"slim healed {slim['metrics']['ndcg@10']['mean']:.3f}" in text
+    text = " ".join(figures_tool.render(figures).split())  # as read, whatever the wrapping
+    assert "**12 s** end to end, 20 s of CPU time" in text and "load average 0.5 at the start and 3.5 at the end: other jobs" in text
+    assert f"slim healed {slim['metrics']['ndcg@10']['mean']:.3f}" in text
 
 
 def test_write_readme_replaces_only_the_marked_block(figures_tool) -> None:

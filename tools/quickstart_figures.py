@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -45,31 +46,38 @@ FIGURES = REPO / "docs" / "quickstart_figures.json"
 BEGIN, END = "<!-- quickstart-figures -->", "<!-- /quickstart-figures -->"
 
 
-def run_quickstart(workdir: Path) -> float:
-    """Run the quickstart command in ``workdir``; its wall time in seconds (its output goes to our stderr)."""
+def run_quickstart(workdir: Path) -> tuple[float, float]:
+    """Run the quickstart command in ``workdir``: (wall seconds, CPU seconds); its output goes to our stderr."""
     exe = shutil.which("ollama-slim")
     argv = [exe, *shlex.split(COMMAND)[1:]] if exe else [sys.executable, "-m", "ollama_slim.cli", *shlex.split(COMMAND)[1:]]
-    began = time.perf_counter()
+    cpu_before, began = _children_cpu(), time.perf_counter()
     done = subprocess.run(argv, cwd=workdir, stdout=sys.stderr, stderr=sys.stderr, check=False)
-    seconds = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, _children_cpu() - cpu_before
     if done.returncode != 0:
         raise click.ClickException(f"the quickstart failed (exit {done.returncode}) in {workdir}")
-    return seconds
+    return wall, cpu
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (less sensitive than wall time to other jobs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _interval(value: dict[str, float]) -> dict[str, float]:
     return {k: round(value[k], 4) for k in ("mean", "low", "high")}
 
 
-def collect(run_dir: Path, *, wall: float, rerun: float, load: float | None = None) -> dict[str, Any]:
+def collect(run_dir: Path, *, wall: float, rerun: float, cpu: float | None = None, load: tuple[float, float] | None = None) -> dict[str, Any]:
     """The figures of the finished quickstart run in ``run_dir`` (its own result files)."""
     layout = RunLayout(run_dir)
     state, config = paths.read_json(layout.state), paths.read_json(layout.prune_record)["config"]
     original, slim = paths.read_json(layout.eval_record("original")), paths.read_json(layout.eval_record("slim"))
     bench = paths.read_json(layout.bench)
     return {
-        "command": COMMAND, "date": date.today().isoformat(), "cpus": os.cpu_count(), "load_average": load,
-        "wall_seconds": round(wall, 1), "rerun_seconds": round(rerun, 1),
+        "command": COMMAND, "date": date.today().isoformat(), "cpus": os.cpu_count(),
+        "load_average": {"start": round(load[0], 1), "end": round(load[1], 1)} if load else None,
+        "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1) if cpu is not None else None, "rerun_seconds": round(rerun, 1),
         "stages": {name: record["seconds"] for name, record in state.items() if isinstance(record, dict) and "seconds" in record},
         "defaults": {k: config[k] for k in ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats")},
         "eval": {"users": slim["users"], "candidates": slim["candidates"], "regime": slim["config"]["regime"], "data": slim["data"]["name"]},
@@ -92,16 +100,25 @@ def render(figures: dict[str, Any]) -> str:
     """The README paragraph for ``figures`` (markdown, wrapped at about 100 columns)."""
     f, d, n = figures, figures["defaults"], figures["ndcg10"]
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in f["stages"].items() if seconds >= 0.5)
-    load = f", load average {f['load_average']:.1f} at the start" if f.get("load_average") is not None else ""
+    load, cpu = "", ""
+    loads = f.get("load_average")
+    if isinstance(loads, (int, float)):  # one reading, taken when the run ended
+        loads = {"end": loads}
+    if loads:
+        load = ", load average " + " and ".join(f"{v:.1f} at the {k}" for k, v in loads.items())
+        if max(loads.values()) > f["cpus"]:
+            load += ": other jobs were running, an idle machine takes less"
+    if f.get("cpu_seconds") is not None:
+        cpu = f", {_minutes(f['cpu_seconds'])} of CPU time"
     best_llm = max(n["original"]["mean"], n["slim"]["mean"])
     verdict = ("Popularity beats both at this budget, as the design warned for small models." if n["popularity"]["mean"] > best_llm
                else "The slim model beats popularity." if n["slim"]["mean"] > n["popularity"]["mean"] else "The original beats popularity; the slim model does not.")
     text = (
         f"Measured here ({f['date']}, {f['cpus']} CPU cores{load}; `python tools/quickstart_figures.py --write-readme` reran it and "
         f"wrote this paragraph): the quickstart with its defaults (`--methods {','.join(d['methods'])} --strategy {d['strategy']} "
-        f"--bridge {d['bridge']} --steps {d['steps']} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end "
+        f"--bridge {d['bridge']} --steps {d['steps']} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end{cpu} "
         f"({stages}), and rerunning it with everything present took **{f['rerun_seconds']:.1f} s**. Its report on "
-        f"{f['eval']['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
+        f"{d['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
         f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])}, popularity {_ci(n['popularity'])}, random "
         f"{n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
         f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}"
@@ -132,6 +149,7 @@ def with_block(readme: str, block: str) -> str:
 def table(figures: dict[str, Any]) -> Table:
     out = Table(title=f"{figures['command']} ({figures['date']}, {figures['cpus']} cores)", show_header=False)
     out.add_row("wall time", f"{_minutes(figures['wall_seconds'])} ({figures['wall_seconds']:.1f} s); rerun {figures['rerun_seconds']:.1f} s")
+    out.add_row("CPU time", f"{figures['cpu_seconds']:.1f} s" if figures.get("cpu_seconds") is not None else "-")
     for name, seconds in figures["stages"].items():
         out.add_row(f"  {name}", f"{seconds:.1f} s")
     for label, value in figures["ndcg10"].items():
@@ -151,10 +169,11 @@ def main(workdir: Path | None, from_json: Path | None, write_readme: bool) -> No
     else:
         workdir = workdir or Path(tempfile.mkdtemp(prefix="quickstart-"))
         workdir.mkdir(parents=True, exist_ok=True)
-        load = os.getloadavg()[0]
-        wall = run_quickstart(workdir)
-        rerun = run_quickstart(workdir)
-        figures = collect(workdir / RUN_DIR, wall=wall, rerun=rerun, load=load)
+        load_start = os.getloadavg()[0]
+        wall, cpu = run_quickstart(workdir)
+        load = (load_start, os.getloadavg()[0])
+        rerun, _ = run_quickstart(workdir)
+        figures = collect(workdir / RUN_DIR, wall=wall, rerun=rerun, cpu=cpu, load=load)
     click.echo(json.dumps(figures, indent=2))
     Console(stderr=True).print(table(figures))
     if write_readme:

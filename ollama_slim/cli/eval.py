@@ -11,11 +11,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from ollama_slim.cli.display import live, verbose_option
-from ollama_slim.cli.options import RegistryChoice, defaults
+from ollama_slim.cli.options import RegistryChoice, comma_list, defaults
+from ollama_slim.errors import UsageError
 from ollama_slim.recsys.evaluate import EVAL_SPLITS, REGIMES, EvalConfig
+from ollama_slim.recsys.generation import GenerationConfig
+from ollama_slim.recsys.phrasings import PHRASINGS, TRAIN_PHRASINGS
 from ollama_slim.recsys.scorers import SCORERS
 
 _DEFAULTS = defaults(EvalConfig)
+_GENERATE = defaults(GenerationConfig)
+MODES = ("rank", "generate")
 
 
 def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -44,21 +49,47 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Also record the result in this run directory, as eval_<label>.json.")
 @click.option("--label", default=_DEFAULTS["label"], show_default=True, help="With --run-dir: the result's name (prune writes slim, original, reference).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON only, on stdout.")
-@click.option("--per-user", is_flag=True, help="With --json: include each user's rank and metrics.")
+@click.option("--per-user", is_flag=True, help="With --json: include each user's rank and metrics (generate: each user's answer).")
+@click.option("--mode", type=RegistryChoice(MODES), default="rank", show_default=True,
+              help="rank: score the candidates; generate: ask the shipped GGUF in chat (as `ollama run` does) and match its answers to the catalogue.")
+@click.option("--phrasings", default=",".join(_GENERATE["phrasings"]), show_default=True, callback=comma_list(lambda: PHRASINGS, unknown="unknown phrasing"),
+              help=f"generate: how users word the question, one drawn per user (known: {', '.join(PHRASINGS)}; {', '.join(TRAIN_PHRASINGS)} are kept for training).")
+@click.option("--max-tokens", type=int, default=_GENERATE["max_tokens"], show_default=True, help="generate: longest answer, in tokens (greedy).")
+@click.option("--modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: TEMPLATE, SYSTEM and stops from this Modelfile (default: the model's own, e.g. a run's).")
+@click.option("--ranks", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: a ranking result of the same model and users (eval_<label>.json) for the target-or-top-10 share.")
 @verbose_option
 def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, seed: int, backend: str, batch: int,
-            threads: int | None, layers: list[int] | None, run_dir: Path | None, label: str, as_json: bool, per_user: bool) -> None:
+            threads: int | None, layers: list[int] | None, run_dir: Path | None, label: str, as_json: bool, per_user: bool, mode: str,
+            phrasings: tuple[str, ...], max_tokens: int, modelfile: Path | None, ranks: Path | None) -> None:
     """Rank each user's next item among 1 + N candidates with MODEL (an Ollama tag, a
     Hugging Face directory or a .gguf file) and print NDCG@10, MRR and HR@1/5/10 with
     95% bootstrap intervals, beside the random and popularity baselines on the same
     candidates. Users, candidates and intervals are seeded: reruns give the same numbers.
-    """
-    from ollama_slim.recsys.evaluate import evaluate
 
+    With --mode generate, MODEL is a run directory, a .gguf file or a tag with a GGUF: each
+    user's history goes to it as a chat message, rendered with the Modelfile's TEMPLATE and
+    SYSTEM, answered greedily by llama.cpp; printed are the shares of answers that are a
+    catalogue title, a title the user did not list, the target, and distinct answers.
+    """
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,
         title_tokens=title_tokens, seed=seed, backend=backend, batch=batch, threads=threads, run_dir=run_dir, label=label,
     )
+    if mode == "generate":
+        if layers is not None or backend not in ("auto", "llama-cpp"):
+            raise UsageError("--mode generate runs the GGUF through llama.cpp", hint="leave out --layers and --backend")
+        generation = GenerationConfig(cases=config, phrasings=phrasings, max_tokens=max_tokens, modelfile=modelfile)
+        return _generate(model, generation, ranks=ranks, as_json=as_json, per_user=per_user)
+    if modelfile is not None or ranks is not None:
+        raise UsageError("--modelfile and --ranks belong to --mode generate", hint="add --mode generate, or leave them out")
+    _rank(model, config, layers=layers, as_json=as_json, per_user=per_user)
+
+
+def _rank(model: str, config: EvalConfig, *, layers: list[int] | None, as_json: bool, per_user: bool) -> None:
+    """The ranking evaluation, shown."""
+    from ollama_slim.recsys.evaluate import evaluate
+
+    data, split = config.data, config.split
     console = Console(stderr=True)
     with live(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=as_json) as bar:
         task = bar.add_task(f"{model} on {data} ({split})", total=None)
@@ -82,4 +113,41 @@ def _table(result) -> Table:
     for metric, value in result.metrics.items():
         pop = result.popularity[metric]
         table.add_row(metric, f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]", f"{pop.mean:.3f} [{pop.low:.3f}, {pop.high:.3f}]", f"{result.random[metric]:.3f}")
+    return table
+
+
+_FIGURE_NAMES = {"title": "a catalogue title", "new_title": "a title not listed", "target": "the target", "target_or_top10": "target, or ranked top 10"}
+
+
+def _generate(model: str, config: GenerationConfig, *, ranks: Path | None, as_json: bool, per_user: bool) -> None:
+    """The generation-mode measure, shown."""
+    from ollama_slim.recsys.generation import evaluate_generation
+
+    with live(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=as_json) as bar:
+        task = bar.add_task(f"{model} on {config.cases.data} ({config.cases.split}, generate)", total=None)
+        result = evaluate_generation(model, config, ranks=ranks, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        click.echo(json.dumps(result.to_json(per_user=per_user), indent=2))
+        return
+    Console().print(_generation_table(result))
+    console = Console(stderr=True)
+    for n, ex in enumerate(result.examples, start=1):
+        verdict = f"{ex['match']!r}" + (" (the target)" if ex["target"] else " (listed by the user)" if ex["listed"] else "") if ex["match"] else "no catalogue title"
+        console.print(f"[bold]example {n}[/] ({ex['phrasing']}), user {ex['user']}:", markup=True)
+        console.print(ex["message"], markup=False)
+        console.print(f"-> {ex['answer']!r}: {verdict}", markup=False)
+    if result.seconds > 0:
+        console.print(f"generated {result.tokens} tokens in {result.seconds:.1f}s; template, system and stops from {result.chat.source}", markup=False)
+
+
+def _generation_table(result) -> Table:
+    """The shares of users whose answer is each kind, with 95% intervals, and the distinct answers."""
+    cfg = result.config
+    table = Table(title=f"{result.model} on {result.data['name']} ({cfg.cases.split}, {len(result.users)} users, greedy answers of <= {cfg.max_tokens} tokens; phrasings {', '.join(cfg.phrasings)})")
+    table.add_column("the answer is", justify="left")
+    table.add_column("share of users [95% CI]", justify="right")
+    for name, value in result.figures.items():
+        table.add_row(_FIGURE_NAMES[name], f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]")
+    table.add_row("distinct (answers / users)", f"{result.distinct:.3f}")
+    table.add_row("most common answer", f"{result.top_answer[0][:40]!r} x {result.top_answer[1]}")
     return table

@@ -11,8 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from ollama_slim.cli.display import live, verbose_option
-from ollama_slim.cli.options import defaults
+from ollama_slim.cli.options import RegistryChoice, comma_list, defaults
+from ollama_slim.recsys.data.core import REGIMES
 from ollama_slim.slimming.finetune import FinetuneConfig
+from ollama_slim.slimming.finetune.distill import ALIGN_TARGETS
+from ollama_slim.slimming.finetune.losses import ALIGN_LOSSES
+from ollama_slim.slimming.finetune.validation import VAL_MEASURES
 
 _DEFAULTS = defaults(FinetuneConfig)
 
@@ -31,6 +35,25 @@ _DEFAULTS = defaults(FinetuneConfig)
                    "cross-entropy over the 1+K titles' mean log-probs, the score evaluation ranks by. 0: title loss only.")
 @click.option("--rank-weight", type=float, default=_DEFAULTS["rank_weight"], show_default=True, metavar="W",
               help="Share of the ranking loss, in [0, 1]: loss = (1-W) x title loss + W x ranking loss (with --rank-negatives).")
+@click.option("--distill-listwise-weight", type=float, default=_DEFAULTS["distill_listwise_weight"], show_default=True, metavar="W",
+              help="Add W x KL between the teacher's and the student's softmax over the 1+K candidates' scores (needs --distill-from, --rank-negatives). 0: off.")
+@click.option("--distill-temperature", type=float, default=_DEFAULTS["distill_temperature"], show_default=True, metavar="T", help="Temperature of the listwise KD softmax.")
+@click.option("--align-weight", type=float, default=_DEFAULTS["align_weight"], show_default=True, metavar="W",
+              help="Add W x the distance between each kept layer's output and the teacher's hidden state at its original index (needs --distill-from and a compact model's slim.json). 0: off.")
+@click.option("--align-kind", type=RegistryChoice(ALIGN_LOSSES), default=_DEFAULTS["align_kind"], show_default=True, help="Distance of the hidden-state alignment.")
+@click.option("--align-at", type=RegistryChoice(ALIGN_TARGETS), default=_DEFAULTS["align_at"], show_default=True,
+              help="Teacher layer of each kept layer: its original index, or the end of the gap after it (what the next kept layer reads).")
+@click.option("--teacher-cache", is_flag=True, help="Compute the teacher's outputs once per example and keep them beside the checkpoints.")
+@click.option("--rank-regimes", default=",".join(_DEFAULTS["rank_regimes"]), show_default=True, metavar="R1,R2",
+              callback=comma_list(lambda: REGIMES), help=f"Regimes the ranking negatives are drawn from, one per draw chosen with the seed: {', '.join(REGIMES)}.")
+@click.option("--fixed-negatives", is_flag=True, help="Draw each example's negatives once instead of every step (needed by --teacher-cache with listwise KD).")
+@click.option("--early-stop-patience", type=int, default=_DEFAULTS["early_stop_patience"], show_default=True, metavar="N",
+              help="Stop after N validation measures without a better one and keep the best weights. 0: train every step.")
+@click.option("--eval-every", type=int, default=_DEFAULTS["eval_every"], show_default=True, metavar="N", help="Measure on validation users every N steps (with --early-stop-patience).")
+@click.option("--val-measure", type=RegistryChoice(VAL_MEASURES), default=_DEFAULTS["val_measure"], show_default=True,
+              help="Validation measure: the title loss, or NDCG@10 among --val-negatives uniform negatives.")
+@click.option("--val-users", type=int, default=_DEFAULTS["val_users"], show_default=True, help="Validation users (seeded draw).")
+@click.option("--val-negatives", type=int, default=_DEFAULTS["val_negatives"], show_default=True, help="Negatives per validation user for --val-measure ndcg.")
 @click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")
 @click.option("--lr", type=float, default=_DEFAULTS["lr"], show_default=True, help="Peak learning rate.")
 @click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"], show_default=True, help="Examples per optimizer step (over all processes).")
@@ -44,8 +67,11 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbose_option
 def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
-            distill_weight: float, rank_negatives: int, rank_weight: float, train_bridges: bool, lr: float, batch_size: int,
-            checkpoint_every: int, users: int | None, history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool, as_json: bool) -> None:
+            distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
+            align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
+            early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
+            batch_size: int, checkpoint_every: int, users: int | None, history: int, out_dir: Path | None, seed: int, hf: str | None, force: bool,
+            as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
     (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
 
@@ -53,7 +79,9 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     result recorded in RUN/finetune.json) or a model (tag or directory; then --out is
     needed): the same command fine-tunes the full model that serves as the reference.
     A checkpoint is written every --checkpoint-every steps; after Ctrl-C, rerun the
-    same command to resume. For
+    same command to resume. With a teacher (--distill-from), --distill-listwise-weight
+    and --align-weight distil its ranking and hidden states too; --early-stop-patience
+    heals to convergence on validation users rather than to a step count. For
     several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
     """
     from ollama_slim.slimming.finetune import check_config, finetune
@@ -61,7 +89,10 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     config = FinetuneConfig(
         model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,
         distill_from=distill_from, distill_weight=distill_weight, rank_negatives=rank_negatives, rank_weight=rank_weight,
-        train_bridges=train_bridges, lr=lr, batch_size=batch_size,
+        distill_listwise_weight=distill_listwise_weight, distill_temperature=distill_temperature, align_weight=align_weight,
+        align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
+        early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
+        val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, history=history, users=users, hf=hf, force=force,
     )
     check_config(config)  # a bad option: one line, before the progress bar
@@ -80,6 +111,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     first = f"{result.losses[0]:.4f}" if result.losses else "-"
     rows = [
         ("mode", result.mode), ("steps", f"{result.steps} (resumed from {result.resumed_from})" if result.resumed_from else str(result.steps)),
+        *([("best step", f"{result.best_step}" + (" (stopped early)" if result.stopped_early else ""))] if result.best_step is not None else []),
         ("loss", f"{first} -> {result.final_loss:.4f}" if result.final_loss is not None else "-"),
         ("trainable parameters", f"{result.trainable_params / 1e6:.2f}M"), ("train examples", str(result.train_examples)),
         ("written to", str(result.out_dir)), ("checkpoints", str(result.checkpoint_dir)), ("time", f"{result.seconds:.1f}s"),

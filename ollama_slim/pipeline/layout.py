@@ -108,6 +108,10 @@ class RunLayout:
         """One evaluation: ``eval_slim.json``, ``eval_original.json``, ``eval_cross_slim.json``..."""
         return self.root / f"eval_{label}.json"
 
+    def generation_record(self, label: str) -> Path:
+        """One generation-mode measure: ``generation_slim.json``, ``generation_original.json``..."""
+        return self.root / f"generation_{label}.json"
+
     # -- report, share, bookkeeping ---------------------------------------------------
     @property
     def report(self) -> Path:

@@ -33,11 +33,20 @@ def short_title(title: str, words: int) -> str:
     return " ".join(title.split()[:words])
 
 
+def shown_items(example: Example, config: PromptConfig) -> tuple[int, ...]:
+    """The history items a prompt lists: the last ``config.history``, most recent last."""
+    return example.history[-config.history:] if config.history > 0 else ()
+
+
+def listing_prompt(titles: list[str]) -> str:
+    """The prompt text that lists ``titles`` (numbered, most recent last)."""
+    lines = [f"{n}. {title}" for n, title in enumerate(titles, start=1)]
+    return "A customer bought these items, most recent last:\n" + "\n".join(lines) + "\nThe next item they buy is:"
+
+
 def prompt_text(dataset: Dataset, example: Example, config: PromptConfig) -> str:
     """The prompt listing the last ``config.history`` titles, most recent last."""
-    items = example.history[-config.history:] if config.history > 0 else ()
-    lines = [f"{n}. {short_title(dataset.title(i), config.title_words)}" for n, i in enumerate(items, start=1)]
-    return "A customer bought these items, most recent last:\n" + "\n".join(lines) + "\nThe next item they buy is:"
+    return listing_prompt([short_title(dataset.title(i), config.title_words) for i in shown_items(example, config)])
 
 
 def candidate_text(dataset: Dataset, item: int, config: PromptConfig) -> str:

@@ -16,6 +16,22 @@ import torch
 Row = tuple[list[int], list[list[int]]]  # (prompt_ids, [continuation_ids, ...])
 
 
+def target_positions(rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row [T], column [T])``: where the logits predicting each row's first continuation
+    (the target) sit, token by token: the prompt's last position, then the target's tokens
+    but its last. ``T`` = the targets' tokens, row after row.
+
+    The same in both layouts: padded ``prompt + target`` rows (:func:`pad_right`) and packed
+    rows (:func:`pack`), where the first continuation follows its prompt directly.
+    """
+    row, col = [], []
+    for b, (prompt, conts) in enumerate(rows):
+        start = len(prompt) - 1
+        row += [b] * len(conts[0])
+        col += range(start, start + len(conts[0]))
+    return torch.tensor(row, dtype=torch.long), torch.tensor(col, dtype=torch.long)
+
+
 def pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``seqs`` -> ``(ids [B, L], mask [B, L])``, ``L`` the longest sequence."""
     width = max(len(s) for s in seqs)

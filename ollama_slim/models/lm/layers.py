@@ -6,6 +6,8 @@ Two ways, one family table (:mod:`ollama_slim.models.families`):
   (``layer_idx``, ``num_hidden_layers`` and every per-layer config list), so KV caches index
   them densely and the model computes exactly what a compact model of those layers computes;
   evaluation scores through it and ``build`` deep-copies inside it;
+- :func:`recorded` records what chosen layers (and the final norm) hand on during a forward,
+  for distillation on hidden states;
 - :class:`LayerRunner` calls the pieces (embedding, any decoder layer, final norm + head)
   one by one on a packed batch, so hidden states can be cached by layer prefix (importance
   and selection). Layers may sit on different devices (accelerate's ``device_map``): hidden
@@ -15,7 +17,7 @@ Two ways, one family table (:mod:`ollama_slim.models.families`):
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -89,6 +91,38 @@ def layer_subset(model: Any, layers: list[int] | None) -> Iterator[Any]:
             m.layer_idx = idx
         for name, value in saved_config.items():
             setattr(config, name, value)
+
+
+FINAL_NORM = "final_norm"
+
+
+def _recorder(seen: dict[int | str, torch.Tensor], key: int | str) -> Any:
+    def hook(module: Any, args: Any, output: Any) -> None:
+        seen[key] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+@contextmanager
+def recorded(model: Any, *, layers: Iterable[int] = (), final_norm: bool = False) -> Iterator[dict[int | str, torch.Tensor]]:
+    """While inside, each forward of ``model`` records ``{layer index: output [B, S, d]}`` for
+    decoder ``layers`` (what each hands the next layer, before the final norm) and, with
+    ``final_norm``, ``{FINAL_NORM: [B, S, d]}`` (the LM head's input at every position).
+
+    Forward hooks on the family table's modules, removed on exit; the tensors keep their
+    autograd graph when the forward has one. A later forward overwrites the record.
+    """
+    fam = family_of(model)
+    modules: dict[int | str, Any] = {i: get_module(model, fam.layers)[i] for i in layers}
+    if final_norm:
+        modules[FINAL_NORM] = get_module(model, fam.final_norm)
+    seen: dict[int | str, torch.Tensor] = {}
+    handles = [module.register_forward_hook(_recorder(seen, key)) for key, module in modules.items()]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class LayerRunner:

@@ -1,8 +1,9 @@
 """Checkpoints of a fine-tuning run: written atomically, found after a kill, refused if made with other settings.
 
 A checkpoint ``ckpt-<step>`` holds the trainable tensors, the optimizer state, the torch
-RNG state and ``state.json`` (step, losses, the config's fingerprint); ``latest.json``
-names the newest complete one.
+RNG state and ``state.json`` (step, losses, the config's fingerprint; with early stopping
+its state, and its best tensors in ``best.safetensors``); ``latest.json`` names the newest
+complete one.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from ollama_slim import paths
 from ollama_slim.errors import RunError
 from ollama_slim.slimming.finetune.config import FinetuneConfig
 from ollama_slim.slimming.finetune.trainee import Trainee
+from ollama_slim.slimming.finetune.validation import EarlyStop
 
 CHECKPOINT_POINTER = "latest.json"
 CHECKPOINT_FORMAT = 1
+BEST_FILE = "best.safetensors"
 
 
-def save_checkpoint(directory: Path, *, step: int, trainee: Trainee, optimizer: Any, config: FinetuneConfig, losses: list[float]) -> Path:
+def save_checkpoint(directory: Path, *, step: int, trainee: Trainee, optimizer: Any, config: FinetuneConfig, losses: list[float],
+                    early: EarlyStop | None = None) -> Path:
     """Write ``ckpt-<step>`` atomically (temp dir + rename), then point ``latest.json`` at it.
 
     A kill at any moment leaves the previous complete checkpoint or the new one.
@@ -36,6 +40,10 @@ def save_checkpoint(directory: Path, *, step: int, trainee: Trainee, optimizer: 
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         state = {"format": CHECKPOINT_FORMAT, "step": step, "losses": losses, "config": config.fingerprint()}
+        if early is not None:
+            state["early_stop"] = early.state()
+            if early.best_params:
+                save_file(early.best_params, str(tmp / BEST_FILE))
         paths.write_json(tmp / "state.json", state)
     paths.write_json(directory / CHECKPOINT_POINTER, {"checkpoint": final.name, "step": step})
     for old in directory.glob("ckpt-*"):
@@ -79,6 +87,16 @@ def load_checkpoint(checkpoint: Path, *, trainee: Trainee, optimizer: Any, confi
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
     return int(state["step"]), list(state.get("losses", []))
+
+
+def load_early_stop(checkpoint: Path, early: EarlyStop) -> None:
+    """Restore ``early`` from ``checkpoint`` (left as it is when the checkpoint has no such state)."""
+    from safetensors.torch import load_file
+
+    state = paths.read_json(checkpoint / "state.json").get("early_stop")
+    if state is not None:
+        best = checkpoint / BEST_FILE
+        early.restore(state, load_file(str(best)) if best.is_file() else {})
 
 
 def resume(directory: Path, *, trainee: Trainee, optimizer: Any, config: FinetuneConfig) -> tuple[int, list[float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,20 @@ class FinetuneConfig:
     the gaps recorded in the compact model's ``slim.json`` and folds them at the end.
     ``rank_negatives`` > 0 draws that many never-interacted items per example and step
     and mixes a softmax cross-entropy over the 1 + k candidates' length-normalised
-    title log-likelihoods into the loss with ``rank_weight``.
+    title log-likelihoods into the loss with ``rank_weight``; ``rank_regimes`` draws
+    them uniformly and/or by train popularity (one regime per draw, chosen with the
+    seed); ``fixed_negatives`` draws them once per example instead of every step.
+
+    Off by default (design §6, issue 11), each added to the loss with its weight:
+    ``distill_listwise_weight`` x KL between the teacher's and the student's softmax
+    over the candidates' scores at ``distill_temperature``; ``align_weight`` x
+    ``align_kind`` distance between each kept layer's output and the teacher's layer
+    output it stands for (``align_at``: the layer's original index, or the end of the
+    gap after it, which is what the next kept layer reads). ``teacher_cache`` keeps
+    the teacher's outputs per example on disk beside the checkpoints.
+    ``early_stop_patience`` > 0 measures ``val_measure`` on ``val_users`` validation
+    users every ``eval_every`` steps, stops after that many measures without a better
+    one, and keeps the best weights.
     """
 
     model: str
@@ -32,8 +45,21 @@ class FinetuneConfig:
     full: bool = False
     distill_from: str | None = None
     distill_weight: float = 0.5
+    distill_listwise_weight: float = 0.0
+    distill_temperature: float = 1.0
+    align_weight: float = 0.0
+    align_kind: str = "cosine"
+    align_at: str = "kept"
+    teacher_cache: bool = False
     rank_negatives: int = 0
     rank_weight: float = 0.5
+    rank_regimes: tuple[str, ...] = ("uniform",)
+    fixed_negatives: bool = False
+    early_stop_patience: int = 0
+    eval_every: int = 50
+    val_measure: str = "loss"
+    val_users: int = 32
+    val_negatives: int = 19
     train_bridges: bool = False
     lr: float = 2e-4
     batch_size: int = 8
@@ -49,16 +75,37 @@ class FinetuneConfig:
     force: bool = False
     run_dir: Path | None = None  # a run: the result also goes to its finetune.json (default: ``model``, when it is a run directory)
 
+    def uses_distiller(self) -> bool:
+        """Whether the teacher goes beyond the title tokens: listwise KD, alignment or its cache."""
+        return self.distill_from is not None and (self.distill_listwise_weight > 0 or self.align_weight > 0 or self.teacher_cache)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it.
 
-        Without ranking negatives the ranking settings change nothing and are left
-        out, so checkpoints made before they existed still resume.
+        A setting that only matters with an option which is off is left out (the ranking
+        settings without negatives...), and so is every option added later while it is at
+        its default, so checkpoints made before they existed still resume.
         """
         skip = {"out_dir", "checkpoint_every", "force", "mixed_precision", "run_dir"}
-        if self.rank_negatives == 0:
-            skip |= {"rank_negatives", "rank_weight"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        for switch, dependent in _DEPENDENT.items():
+            if not getattr(self, switch):
+                skip |= {switch, *dependent}
+        data = asdict(self)
+        skip |= {name for name in _LATER if data[name] == _FIELD_DEFAULTS[name]}
+        return {k: v for k, v in data.items() if k not in skip}
+
+
+# option -> the settings that change nothing while it is off (0 or False)
+_DEPENDENT = {
+    "rank_negatives": ("rank_weight", "rank_regimes", "fixed_negatives"),
+    "distill_listwise_weight": ("distill_temperature",),
+    "align_weight": ("align_kind", "align_at"),
+    "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
+}
+# options added after checkpoints existed: left out of the fingerprint at their defaults
+_LATER = ("distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
+          "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives")
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
 @dataclass(frozen=True)
@@ -84,6 +131,10 @@ class FinetuneResult:
     train_examples: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    best_step: int | None = None  # with early stopping: the step whose weights were kept
+    stopped_early: bool = False
+    validation: list[dict[str, float]] = field(default_factory=list)  # {"step", "value"} of each measure
+    teacher: dict[str, Any] | None = None  # with a distiller: teacher forwards, cached and computed examples
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,6 +156,58 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--rank-negatives must be 0 or more, got {config.rank_negatives}", hint="0 trains on the title loss alone")
     if not 0.0 <= config.rank_weight <= 1.0:
         raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
+    _check_regimes(config)
+    _check_distillation(config)
+    _check_early_stop(config)
+
+
+def _known(flag: str, value: str, names: Any) -> None:
+    """A :class:`UsageError` unless ``value`` is one of the registered ``names``."""
+    if value not in names:
+        raise UsageError(f"{flag} {value!r} is not known", hint=f"choose from {', '.join(repr(n) for n in names)}")
+
+
+def _check_regimes(config: FinetuneConfig) -> None:
+    from ollama_slim.recsys.data.core import REGIMES
+
+    if not config.rank_regimes or len(set(config.rank_regimes)) != len(config.rank_regimes):
+        raise UsageError(f"--rank-regimes must name each regime once, got {','.join(config.rank_regimes) or 'none'}", hint="e.g. --rank-regimes uniform,popularity")
+    for regime in config.rank_regimes:
+        _known("--rank-regimes", regime, REGIMES)
+
+
+def _check_distillation(config: FinetuneConfig) -> None:
+    """The listwise, alignment and cache options: weights, kinds, and what each needs."""
+    from ollama_slim.slimming.finetune.distill import ALIGN_TARGETS
+    from ollama_slim.slimming.finetune.losses import ALIGN_LOSSES
+
+    if not config.distill_listwise_weight >= 0.0:  # NaN too
+        raise UsageError(f"--distill-listwise-weight must be 0 or more, got {config.distill_listwise_weight}", hint="0 turns it off")
+    if not config.align_weight >= 0.0:
+        raise UsageError(f"--align-weight must be 0 or more, got {config.align_weight}", hint="0 turns it off")
+    if not config.distill_temperature > 0.0:
+        raise UsageError(f"--distill-temperature must be positive, got {config.distill_temperature}", hint="e.g. --distill-temperature 2")
+    _known("--align-kind", config.align_kind, list(ALIGN_LOSSES))
+    _known("--align-at", config.align_at, list(ALIGN_TARGETS))
+    wanted = [flag for flag, on in (("--distill-listwise-weight", config.distill_listwise_weight > 0), ("--align-weight", config.align_weight > 0),
+                                    ("--teacher-cache", config.teacher_cache)) if on]
+    if wanted and config.distill_from is None:
+        raise UsageError(f"{wanted[0]} needs a teacher (--distill-from)", hint="pass --distill-from with the full fine-tuned model")
+    if config.distill_listwise_weight > 0 and config.rank_negatives == 0:
+        raise UsageError("--distill-listwise-weight needs candidates to rank", hint="pass --rank-negatives K: the teacher's and the student's scores of the target and K negatives")
+    if config.teacher_cache and config.distill_listwise_weight > 0 and not config.fixed_negatives:
+        raise UsageError("--teacher-cache with --distill-listwise-weight needs --fixed-negatives",
+                         hint="negatives drawn anew every step would miss the cache at every step")
+
+
+def _check_early_stop(config: FinetuneConfig) -> None:
+    from ollama_slim.slimming.finetune.validation import VAL_MEASURES
+
+    if config.early_stop_patience < 0:
+        raise UsageError(f"--early-stop-patience must be 0 or more, got {config.early_stop_patience}", hint="0 trains for every step")
+    if config.eval_every <= 0 or config.val_users <= 0 or config.val_negatives <= 0:
+        raise UsageError("--eval-every, --val-users and --val-negatives must be positive", hint="e.g. --eval-every 50 --val-users 32")
+    _known("--val-measure", config.val_measure, list(VAL_MEASURES))
 
 
 @dataclass(frozen=True)
@@ -115,6 +218,11 @@ class Places:
     out_dir: Path
     checkpoint_dir: Path
     run_dir: Path | None = None  # where finetune.json goes
+
+    @property
+    def teacher_cache_dir(self) -> Path:
+        """The teacher's outputs per example (``--teacher-cache``), beside the checkpoints."""
+        return self.checkpoint_dir / "teacher"
 
 
 def places(config: FinetuneConfig) -> Places:

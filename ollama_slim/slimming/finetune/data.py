@@ -6,6 +6,8 @@ batches and negatives of an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -28,13 +30,24 @@ def train_examples(config: FinetuneConfig, dataset: Any) -> list[Any]:
 
 
 def check_negatives(config: FinetuneConfig, dataset: Any, train: list[Any]) -> None:
-    """Every train user must have ``rank_negatives`` items they never interacted with."""
+    """Every train user must have ``rank_negatives`` items they never interacted with (in
+    the popularity regime: among the items with train interactions)."""
     if config.rank_negatives == 0:
         return
-    fewest = len(dataset.items) - max(len(set(dataset.sequences[user])) for user in {e.user for e in train})
+    fewest = min(fewest_unseen(dataset, {e.user for e in train}, regime=r) for r in config.rank_regimes)
     if config.rank_negatives > fewest:
         raise UsageError(f"--rank-negatives {config.rank_negatives} is more than the {fewest} items some user never interacted with",
                          hint=f"use --rank-negatives {fewest} or fewer")
+
+
+def fewest_unseen(dataset: Any, users: set[int], *, regime: str = "uniform") -> int:
+    """The fewest items any of ``users`` never interacted with that ``regime`` can draw."""
+    from ollama_slim.recsys.data import train_popularity
+
+    pool = set(int(i) for i in dataset.items)
+    if regime == "popularity":
+        pool &= {item for item, count in train_popularity(dataset).items() if count > 0}
+    return min(len(pool - set(dataset.sequences[user])) for user in users)
 
 
 def batch_indices(*, step: int, batch_size: int, num_examples: int, seed: int) -> list[int]:
@@ -55,13 +68,50 @@ def _epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def draw_seed(*, seed: int, step: int, index: int, fixed: bool = False) -> int:
+    """The seed of train example ``index``'s negatives at ``step`` (the same at every step when ``fixed``)."""
+    entropy = [seed, index] if fixed else [seed, step, index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+@dataclass
+class Negatives:
+    """How train negatives are drawn: ``count`` items the user never interacted with, per
+    example and step (per example when ``fixed``), from one of ``regimes`` chosen with the
+    seed (``uniform``, ``popularity``: design §3's two regimes). Every draw is a pure
+    function of ``(seed, step, index)``."""
+
+    dataset: Any
+    count: int
+    seed: int
+    regimes: tuple[str, ...] = ("uniform",)
+    fixed: bool = False
+    _samplers: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from ollama_slim.recsys.data import CandidateSampler
+
+        self._samplers = {r: CandidateSampler(self.dataset, negatives=self.count, regime=r) for r in self.regimes}
+
+    def regime(self, seed: int) -> str:
+        """The regime of the draw seeded ``seed`` (the only one when there is one)."""
+        if len(self.regimes) == 1:
+            return self.regimes[0]
+        return self.regimes[int(np.random.default_rng([seed, 1]).integers(len(self.regimes)))]
+
+    def draw(self, example: Any, *, step: int, index: int) -> tuple[str, tuple[int, ...]]:
+        """``(regime, negatives)`` of train example ``index`` at optimizer step ``step``."""
+        seed = draw_seed(seed=self.seed, step=step, index=index, fixed=self.fixed)
+        regime = self.regime(seed)
+        sampler = copy.copy(self._samplers[regime])  # keeps the popularity weights, computed once
+        sampler.seed = seed
+        return regime, sampler(example)[1:]
+
+
 def negative_items(dataset: Any, example: Any, *, count: int, seed: int, step: int, index: int) -> tuple[int, ...]:
     """``count`` uniform negatives (items the user never interacted with) for train
     example ``index`` at optimizer step ``step``: a pure function of its arguments."""
-    from ollama_slim.recsys.data import CandidateSampler
-
-    draw_seed = int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
-    return CandidateSampler(dataset, negatives=count, seed=draw_seed)(example)[1:]
+    return Negatives(dataset, count=count, seed=seed).draw(example, step=step, index=index)[1]
 
 
 def prompt_config(config: FinetuneConfig) -> Any:

@@ -1,4 +1,4 @@
-"""The training loop: learning-rate schedule, one optimizer step, steps with checkpoints."""
+"""The training loop: learning-rate schedule, one optimizer step, steps with checkpoints and validation."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from ollama_slim.models.lm import Row, title_logits
 from ollama_slim.slimming.bridges import attach_bridge
 from ollama_slim.slimming.finetune.checkpoints import save_checkpoint
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress
-from ollama_slim.slimming.finetune.data import batch_indices, encode_rows, negative_items
+from ollama_slim.slimming.finetune.data import Negatives, batch_indices, encode_rows
+from ollama_slim.slimming.finetune.distill import Distiller, distilled_loss
 from ollama_slim.slimming.finetune.losses import distill_loss, student_loss
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model
+from ollama_slim.slimming.finetune.validation import EarlyStop, Validator
 
 
 def learning_rate(step: int, *, total: int, peak: float, warmup: float) -> float:
@@ -37,7 +39,7 @@ def total_steps(config: FinetuneConfig, num_examples: int) -> int:
 
 @dataclass
 class Loop:
-    """Everything one optimizer step needs."""
+    """Everything one optimizer step needs (the optional parts: ``None`` when off)."""
 
     config: FinetuneConfig
     trainee: Trainee
@@ -48,6 +50,10 @@ class Loop:
     optimizer: Any
     accelerator: Any
     total: int
+    negatives: Negatives | None = None  # with rank_negatives
+    distiller: Distiller | None = None  # teacher beyond the title tokens
+    validator: Validator | None = None  # with early stopping, and:
+    early: EarlyStop | None = None
 
 
 def _step_rows(loop: Loop, step: int) -> list[Row]:
@@ -58,7 +64,8 @@ def _step_rows(loop: Loop, step: int) -> list[Row]:
     chosen = [loop.examples[i] for i in mine]
     negatives = None
     if config.rank_negatives > 0:
-        negatives = [negative_items(loop.dataset, loop.examples[i], count=config.rank_negatives, seed=config.seed, step=step, index=i) for i in mine]
+        draws = loop.negatives or Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed)
+        negatives = [draws.draw(loop.examples[i], step=step, index=i)[1] for i in mine]
     return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives)
 
 
@@ -67,6 +74,9 @@ def _step_loss(loop: Loop, step: int) -> torch.Tensor:
     rows = _step_rows(loop, step)
     pad = loop.tokenizer.pad_token_id or 0
     with loop.accelerator.autocast():
+        if loop.distiller is not None:
+            base = base_model(loop.accelerator.unwrap_model(loop.trainee.model))
+            return distilled_loss(loop.distiller, loop.trainee.model, rows, base=base, rank_weight=loop.config.rank_weight, pad_id=pad)
         loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad)
         if loop.teacher is not None:
             batch = [(p, cands[0]) for p, cands in rows]
@@ -90,19 +100,37 @@ def train_step(loop: Loop, step: int) -> float:
     return float(loop.accelerator.reduce(loss.detach(), reduction="mean"))
 
 
+def validate(loop: Loop, done: int) -> None:
+    """After step ``done``: measure on the validation rows when due (every ``eval_every``
+    steps and after the last), and let :class:`EarlyStop` keep the best weights."""
+    if loop.early is None or loop.validator is None or (done % loop.config.eval_every and done != loop.total):
+        return
+    with loop.accelerator.autocast():
+        value = loop.validator(loop.accelerator.unwrap_model(loop.trainee.model))
+    loop.early.update(done, value, loop.trainee.params)
+
+
+def _stopped(loop: Loop) -> bool:
+    return loop.early is not None and loop.early.stopped
+
+
 def run_loop(loop: Loop, *, start: int, losses: list[float], checkpoint_dir: Path, on_step: Callable[[FinetuneProgress], None] | None) -> list[float]:
-    """Steps ``start..total-1``, a checkpoint every ``checkpoint_every`` steps and at the end."""
+    """Steps ``start..total-1`` (fewer when early stopping stops), a checkpoint every
+    ``checkpoint_every`` steps, at the end and at an early stop."""
     began = time.perf_counter()
     model = loop.trainee.model
     model.train()
     with attach_bridge(base_model(loop.accelerator.unwrap_model(model)), loop.trainee.bridge) if loop.trainee.bridge else nullcontext():
         for step in range(start, loop.total):
+            if _stopped(loop):
+                break
             losses.append(train_step(loop, step))
             done = step + 1
-            if done % loop.config.checkpoint_every == 0 or done == loop.total:
+            validate(loop, done)
+            if done % loop.config.checkpoint_every == 0 or done == loop.total or _stopped(loop):
                 loop.accelerator.wait_for_everyone()
                 if loop.accelerator.is_main_process:
-                    save_checkpoint(checkpoint_dir, step=done, trainee=loop.trainee, optimizer=loop.optimizer, config=loop.config, losses=losses)
+                    save_checkpoint(checkpoint_dir, step=done, trainee=loop.trainee, optimizer=loop.optimizer, config=loop.config, losses=losses, early=loop.early)
             if on_step is not None:
                 lr = loop.optimizer.param_groups[0]["lr"]
                 on_step(FinetuneProgress(step=done, total=loop.total, loss=losses[-1], lr=lr, seconds=time.perf_counter() - began))

@@ -1,12 +1,16 @@
 """The healing losses: the next-item title loss, a ranking loss over candidates, distillation.
 
 Logits come from :mod:`ollama_slim.models.lm` (the title positions only, or every candidate
-packed after its prompt); these functions turn them into scalars to minimise.
+packed after its prompt); these functions turn them into scalars to minimise. Distillation
+has three parts: the teacher's title-token distribution (:func:`distill_loss`), its
+distribution over the candidates (:func:`listwise_kd_loss`) and its hidden states
+(:data:`ALIGN_LOSSES`, registered by name).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,76 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, lengths: list[int
     return per_title_mean(kl, lengths).mean()
 
 
+def listwise_kd_loss(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) between the softmax distributions of candidate scores ``[B, C]``
+    divided by ``temperature``, averaged over rows and scaled by ``temperature ** 2`` (so its
+    gradient keeps its size as the temperature changes). The teacher side gets no gradient.
+    """
+    logq = torch.log_softmax(student.float() / temperature, -1)
+    logp = torch.log_softmax(teacher.detach().float() / temperature, -1)
+    return F.kl_div(logq, logp, log_target=True, reduction="batchmean") * temperature**2
+
+
+AlignLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ALIGN_LOSSES: dict[str, AlignLoss] = {}
+
+
+def register_align(name: str) -> Callable[[AlignLoss], AlignLoss]:
+    def wrap(fn: AlignLoss) -> AlignLoss:
+        ALIGN_LOSSES[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_align("cosine")
+def cosine_align(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cos`` between student and teacher states ``[L, T, d]`` (per layer and token)."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1)).mean()
+
+
+@register_align("nmse")
+def nmse_align(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared error over the teacher's squared norm, per layer of ``[L, T, d]``, averaged over layers."""
+    teacher = teacher.detach().float()
+    error = (student.float() - teacher).pow(2).sum(dim=(1, 2))
+    return (error / teacher.pow(2).sum(dim=(1, 2)).clamp(min=1e-12)).mean()
+
+
+@dataclass
+class StudentTerms:
+    """What one student forward gives: the title loss (scalar), the target title logits
+    ``[T, V]`` and, with negatives, the candidate scores ``[B, C]`` (target in column 0)."""
+
+    title: torch.Tensor
+    target_logits: torch.Tensor
+    scores: torch.Tensor | None = None
+
+    def mixed(self, rank_weight: float) -> torch.Tensor:
+        """The title loss, or ``(1 - rank_weight)`` x title loss + ``rank_weight`` x :func:`rank_loss`."""
+        if self.scores is None:
+            return self.title
+        return (1.0 - rank_weight) * self.title + rank_weight * rank_loss(self.scores)
+
+
+def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0) -> StudentTerms:
+    """The student's forward on ``rows`` (target first among each row's candidates).
+
+    One candidate per row: the target title only. More: every candidate packed after its
+    prompt in one forward, scored like evaluation scores it.
+    """
+    lengths = [len(cands[0]) for _, cands in rows]
+    if len(rows[0][1]) == 1:
+        logits, targets = title_logits(model, [(p, cands[0]) for p, cands in rows], pad_id=pad_id)
+        return StudentTerms(title=title_loss(logits, targets, lengths), target_logits=logits)
+    out = candidate_logits(model, rows, pad_id=pad_id)
+    width = len(rows[0][1])
+    is_target = (out.packed.group % width == 0).to(out.logits.device)
+    target_logits = out.logits[out.where[is_target]]  # distinct positions: no duplicated rows
+    title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
+    return StudentTerms(title=title, target_logits=target_logits, scores=candidate_scores(out, candidates=width))
+
+
 def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Training loss of ``rows`` (target first among each row's candidates) and the target
     title logits ``[T, V]`` (for distillation).
@@ -42,14 +116,5 @@ def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int
     One candidate per row: the title loss. More: ``(1 - rank_weight)`` x title loss +
     ``rank_weight`` x :func:`rank_loss`, both from one packed forward.
     """
-    lengths = [len(cands[0]) for _, cands in rows]
-    if len(rows[0][1]) == 1:
-        logits, targets = title_logits(model, [(p, cands[0]) for p, cands in rows], pad_id=pad_id)
-        return title_loss(logits, targets, lengths), logits
-    out = candidate_logits(model, rows, pad_id=pad_id)
-    width = len(rows[0][1])
-    is_target = (out.packed.group % width == 0).to(out.logits.device)
-    target_logits = out.logits[out.where[is_target]]  # distinct positions: no duplicated rows
-    title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
-    ranking = rank_loss(candidate_scores(out, candidates=width))
-    return (1.0 - rank_weight) * title + rank_weight * ranking, target_logits
+    terms = student_terms(model, rows, pad_id=pad_id)
+    return terms.mixed(rank_weight), terms.target_logits

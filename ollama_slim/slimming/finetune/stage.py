@@ -11,11 +11,13 @@ import torch
 from ollama_slim import paths
 from ollama_slim.errors import RunError, UsageError
 from ollama_slim.pipeline.layout import RunLayout
-from ollama_slim.slimming.finetune.checkpoints import latest_checkpoint, resume
+from ollama_slim.slimming.finetune.checkpoints import latest_checkpoint, load_early_stop, resume
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress, FinetuneResult, Places, check_config, places
-from ollama_slim.slimming.finetune.data import check_negatives, train_examples
+from ollama_slim.slimming.finetune.data import Negatives, check_negatives, train_examples
+from ollama_slim.slimming.finetune.distill import make_distiller
 from ollama_slim.slimming.finetune.loop import Loop, run_loop, total_steps
-from ollama_slim.slimming.finetune.trainee import Trainee, build_trainee, load_teacher, merged_model
+from ollama_slim.slimming.finetune.trainee import Trainee, base_model, build_trainee, load_teacher, merged_model
+from ollama_slim.slimming.finetune.validation import keep_best, make_early_stop, make_validator
 
 
 def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], None] | None = None) -> FinetuneResult:
@@ -44,20 +46,47 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
     loop = Loop(config=config, trainee=trainee, teacher=teacher, tokenizer=tokenizer, dataset=dataset, examples=train,
                 optimizer=optimizer, accelerator=accelerator, total=total_steps(config, len(train)))
+    _add_options(loop, where, start)
     if start > loop.total:
         raise RunError(f"checkpoint in {where.checkpoint_dir} is past step {loop.total}", hint=f"delete {where.checkpoint_dir} to start over")
     losses = run_loop(loop, start=start, losses=losses, checkpoint_dir=where.checkpoint_dir, on_step=on_step)
+    if loop.early is not None and loop.early.best_params:
+        keep_best(loop.early, trainee.params)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_final(trainee, accelerator, tokenizer=tokenizer, where=where, config=config, losses=losses)
-    result = FinetuneResult(
-        out_dir=where.out_dir, checkpoint_dir=where.checkpoint_dir, mode=trainee.mode, steps=loop.total, resumed_from=start,
-        final_loss=losses[-1] if losses else None, trainable_params=sum(p.numel() for p in trainee.params.values()),
-        train_examples=len(train), seconds=time.perf_counter() - began, losses=losses,
-    )
+        save_final(trainee, accelerator, tokenizer=tokenizer, where=where, config=config, losses=losses, best_step=loop.early.best_step if loop.early else None)
+    result = _result(loop, where=where, start=start, losses=losses, seconds=time.perf_counter() - began)
     if where.run_dir is not None and accelerator.is_main_process:
         paths.write_json(RunLayout(Path(where.run_dir)).finetune_record, result.to_json())
     return result
+
+
+def _add_options(loop: Loop, where: Places, start: int) -> None:
+    """The loop's optional parts, each ``None`` while its option is off: negatives from the
+    configured regimes, the distiller, the validator and early-stopping state (restored
+    from the checkpoint a resumed run started from)."""
+    config, accelerator = loop.config, loop.accelerator
+    if config.rank_negatives > 0:
+        loop.negatives = Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed, regimes=config.rank_regimes, fixed=config.fixed_negatives)
+    if loop.teacher is not None and config.uses_distiller():
+        loop.distiller = make_distiller(config, teacher=accelerator.unwrap_model(loop.teacher), student=base_model(accelerator.unwrap_model(loop.trainee.model)),
+                                        model_dir=where.model_dir, cache_dir=where.teacher_cache_dir)
+    loop.validator, loop.early = make_validator(config, loop.dataset, loop.tokenizer), make_early_stop(config)
+    if loop.early is not None and start > 0:
+        load_early_stop(latest_checkpoint(where.checkpoint_dir), loop.early)
+
+
+def _result(loop: Loop, *, where: Places, start: int, losses: list[float], seconds: float) -> FinetuneResult:
+    """The stage's result: steps taken (the planned ones unless early stopping stopped), losses, the best step."""
+    early, trainee = loop.early, loop.trainee
+    return FinetuneResult(
+        out_dir=where.out_dir, checkpoint_dir=where.checkpoint_dir, mode=trainee.mode, steps=len(losses) if early else loop.total, resumed_from=start,
+        final_loss=losses[-1] if losses else None, trainable_params=sum(p.numel() for p in trainee.params.values()),
+        train_examples=len(loop.examples), seconds=seconds, losses=losses,
+        best_step=early.best_step if early else None, stopped_early=bool(early and early.stopped),
+        validation=[{"step": step, "value": value} for step, value in early.history] if early else [],
+        teacher=loop.distiller.teacher.summary() if loop.distiller else None,
+    )
 
 
 def make_accelerator(config: FinetuneConfig) -> Any:
@@ -75,7 +104,7 @@ def make_accelerator(config: FinetuneConfig) -> Any:
     return Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
 
 
-def save_final(trainee: Trainee, accelerator: Any, *, tokenizer: Any, where: Places, config: FinetuneConfig, losses: list[float]) -> None:
+def save_final(trainee: Trainee, accelerator: Any, *, tokenizer: Any, where: Places, config: FinetuneConfig, losses: list[float], best_step: int | None = None) -> None:
     """The merged model in ``where.out_dir``, its ``slim.json`` extended with this run's record."""
     from ollama_slim.slimming.build import read_provenance, save_compact
 
@@ -83,6 +112,8 @@ def save_final(trainee: Trainee, accelerator: Any, *, tokenizer: Any, where: Pla
     model.config.use_cache = True
     provenance = read_provenance(where.model_dir)
     record = {"model_dir": str(where.model_dir), "mode": trainee.mode, "steps": len(losses), "final_loss": losses[-1] if losses else None, "config": config.fingerprint()}
+    if best_step is not None:
+        record["best_step"] = best_step
     provenance["finetune"] = record
     if trainee.bridge is not None:
         provenance.setdefault("bridge", {})["trained"] = trainee.bridge.summary()

@@ -1,0 +1,114 @@
+"""Is a model's answer a catalogue title? A forgiving, exact-after-normalisation matcher.
+
+An answer is read from its first non-empty line: leading list markers (``1.``, ``2)``,
+``#3``, ``-``, ``*``, bullets) and surrounding quotes or markdown emphasis are stripped,
+then a trailing year ``(1995)`` is split off. Titles and answers are normalised the same
+way: accents dropped, case-folded, ``&`` read as ``and``, apostrophes removed, other
+punctuation as spaces, a trailing article moved to the front (MovieLens writes
+``Usual Suspects, The (1995)``) and a leading article dropped. A catalogue item is indexed
+under its whole title, its main title without parenthesised alternates (``Seven (Se7en)``),
+each alternate, and its title cut to the words a prompt shows. An answer matches the items
+indexed under its normalised text; when it gives a year, only items of that year match.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable
+
+_ARTICLES = ("the", "a", "an", "la", "le", "les", "il", "el", "los", "las", "lo", "der", "die", "das", "den", "det")
+_LEADING_MARK = re.compile(r"^\s*(?:(?:\d{1,3}[.)]|#\d{1,3}[.:)]?|[-*+\u2022\u2013\u2014>])\s+)+")
+_QUOTES = "\"'`*_\u201c\u201d\u2018\u2019\u00ab\u00bb"
+_YEAR = re.compile(r"\((\d{4})\)")
+_PARENS = re.compile(r"\(([^()]*)\)")
+_TRAILING_ARTICLE = re.compile(r"^(.*\S),\s*(" + "|".join(_ARTICLES) + r")'?$")
+_LEADING_ARTICLE = re.compile(r"^(?:" + "|".join(_ARTICLES) + r")\s+(?=\S)")
+
+
+def fold(text: str) -> str:
+    """Accents dropped, case-folded, ``&`` -> ``and``, apostrophes removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = text.replace("&", " and ").replace("'", "").replace("\u2019", "")
+    return " ".join(text.split())
+
+
+def name_key(name: str) -> str:
+    """The comparable form of a title without its year: ``Usual Suspects, The`` -> ``usual suspects``."""
+    text = fold(name)
+    m = _TRAILING_ARTICLE.match(text)
+    if m:
+        text = f"{m.group(2)} {m.group(1)}"
+    text = " ".join(re.sub(r"[\W_]+", " ", text).split())
+    return _LEADING_ARTICLE.sub("", text)
+
+
+def split_year(title: str) -> tuple[str, int | None]:
+    """``("Toy Story", 1995)`` from ``Toy Story (1995)``; the last ``(YYYY)`` is the year."""
+    found = list(_YEAR.finditer(title))
+    if not found:
+        return title.strip(), None
+    last = found[-1]
+    return (title[: last.start()] + title[last.end() :]).strip(), int(last.group(1))
+
+
+def answer_line(answer: str) -> str:
+    """The title part of an answer: its first non-empty line, list markers and quotes stripped."""
+    line = next((ln for ln in answer.splitlines() if ln.strip()), "")
+    line = _LEADING_MARK.sub("", line).strip()
+    for _ in range(3):  # nested quotes and emphasis: **"Title"**
+        line = line.strip().rstrip(".!?,;:").strip().strip(_QUOTES).strip()
+    return line
+
+
+def _aliases(title: str, words: int | None) -> set[str]:
+    """Every name an item answers to (without its year)."""
+    name, _ = split_year(title)
+    names = {name, _PARENS.sub(" ", name)}
+    names |= {alt for alt in _PARENS.findall(name) if len(alt.strip()) > 2}
+    if words:
+        names.add(split_year(" ".join(title.split()[:words]))[0])
+    return {k for k in (name_key(n) for n in names) if k}
+
+
+@dataclass(frozen=True)
+class TitleMatch:
+    """What an answer names: its normalised ``key`` and ``year`` and the matching ``items`` (empty: no title)."""
+
+    text: str
+    key: str
+    year: int | None
+    items: frozenset[int]
+
+    @property
+    def label(self) -> str:
+        """The answer's identity across users: normalised name and year."""
+        return f"{self.key} ({self.year})" if self.year is not None else self.key
+
+
+class TitleIndex:
+    """The catalogue's titles by normalised name, with each item's year."""
+
+    def __init__(self, titles: dict[int, str], *, words: int | None = None) -> None:
+        self.years = {item: split_year(title)[1] for item, title in titles.items()}
+        self.by_key: dict[str, set[int]] = {}
+        for item, title in titles.items():
+            for key in _aliases(title, words):
+                self.by_key.setdefault(key, set()).add(item)
+
+    def match(self, answer: str) -> TitleMatch:
+        """The catalogue items ``answer`` names (a given year must be the item's)."""
+        text = answer_line(answer)
+        name, year = split_year(text)
+        key = name_key(name)
+        items = self.by_key.get(key, set()) if key else set()
+        if year is not None:
+            items = {i for i in items if self.years[i] == year}
+        return TitleMatch(text=text, key=key, year=year, items=frozenset(items))
+
+
+def same_items(match: TitleMatch, items: Iterable[int]) -> bool:
+    """Whether ``match`` names any of ``items``."""
+    return not match.items.isdisjoint(items)

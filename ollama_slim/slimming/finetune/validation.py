@@ -1,0 +1,173 @@
+"""Validation while healing (design §6): a registered measure on validation users, patience, the best weights.
+
+Measures, registered by name (the CLI's choices): ``loss``, the mean next-item title loss of
+the validation targets (lower is better); ``ndcg``, NDCG@10 of each validation target among
+``val_negatives`` uniform negatives, scored like evaluation scores them (higher is better).
+The validation rows are encoded once. :class:`EarlyStop` keeps the measures, the best step
+and a copy of its trainable tensors, and says when ``patience`` measures in a row brought
+nothing better; its state goes into every checkpoint, so a resumed run stops where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ollama_slim.errors import UsageError
+from ollama_slim.models.lm import Row, candidate_logits, candidate_scores, title_nll
+from ollama_slim.slimming.finetune.config import FinetuneConfig
+from ollama_slim.slimming.finetune.data import encode_rows, fewest_unseen
+
+RowsFn = Callable[[FinetuneConfig, Any, Any], list[Row]]  # (config, dataset, tokenizer) -> validation rows
+MeasureFn = Callable[..., float]  # (model, rows, *, batch, pad_id) -> value
+
+
+@dataclass(frozen=True)
+class ValMeasure:
+    name: str
+    higher_is_better: bool
+    rows: RowsFn
+    compute: MeasureFn
+
+
+VAL_MEASURES: dict[str, ValMeasure] = {}
+
+
+def register_measure(name: str, *, higher_is_better: bool, rows: RowsFn) -> Callable[[MeasureFn], MeasureFn]:
+    def wrap(fn: MeasureFn) -> MeasureFn:
+        VAL_MEASURES[name] = ValMeasure(name=name, higher_is_better=higher_is_better, rows=rows, compute=fn)
+        return fn
+
+    return wrap
+
+
+def _valid_examples(config: FinetuneConfig, dataset: Any) -> list[Any]:
+    """The valid-split examples of ``val_users`` users (seeded draw)."""
+    from ollama_slim.recsys.data import examples, select_users
+
+    return examples(dataset, split="valid", history=config.history, users=select_users(dataset, config.val_users, seed=config.seed))
+
+
+def title_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row]:
+    """``(prompt, [target])`` of each validation example."""
+    return encode_rows(tokenizer, dataset, _valid_examples(config, dataset), config)
+
+
+def candidate_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row]:
+    """``(prompt, [target, negatives...])`` of each validation example: ``val_negatives``
+    uniform negatives per user, seeded like evaluation's."""
+    from ollama_slim.recsys.data import CandidateSampler
+
+    found = _valid_examples(config, dataset)
+    fewest = fewest_unseen(dataset, {e.user for e in found})
+    if config.val_negatives > fewest:
+        raise UsageError(f"--val-negatives {config.val_negatives} is more than the {fewest} items some user never interacted with",
+                         hint=f"use --val-negatives {fewest} or fewer")
+    sampler = CandidateSampler(dataset, negatives=config.val_negatives, seed=config.seed)
+    return encode_rows(tokenizer, dataset, found, config, [sampler(e)[1:] for e in found])
+
+
+@register_measure("loss", higher_is_better=False, rows=title_rows)
+def validation_loss(model: Any, rows: list[Row], *, batch: int, pad_id: int = 0) -> float:
+    """Mean over the rows of the target title's mean token NLL (the title loss)."""
+    nll = [title_nll(model, [(p, c[0]) for p, c in rows[i : i + batch]], pad_id=pad_id) for i in range(0, len(rows), batch)]
+    return float(torch.cat(nll).mean())
+
+
+@register_measure("ndcg", higher_is_better=True, rows=candidate_rows)
+def validation_ndcg(model: Any, rows: list[Row], *, batch: int, pad_id: int = 0) -> float:
+    """Mean NDCG@10 of the target (candidate 0) among each row's candidates."""
+    from ollama_slim.recsys.metrics import per_user_metrics
+
+    width = len(rows[0][1])
+    scores = [candidate_scores(candidate_logits(model, rows[i : i + batch], pad_id=pad_id), candidates=width) for i in range(0, len(rows), batch)]
+    return float(np.mean(per_user_metrics(torch.cat(scores).double().cpu().numpy())["ndcg@10"]))
+
+
+@dataclass
+class Validator:
+    """One measure on rows encoded once; called with the model being trained."""
+
+    measure: ValMeasure
+    rows: list[Row]
+    batch: int
+    pad_id: int = 0
+
+    def __call__(self, model: Any) -> float:
+        """The measure of ``model`` (eval mode and no grad while measuring)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.measure.compute(model, self.rows, batch=self.batch, pad_id=self.pad_id)
+        finally:
+            model.train(was_training)
+
+
+def make_validator(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> Validator | None:
+    """The validator of ``config`` (``None`` without early stopping)."""
+    if config.early_stop_patience == 0:
+        return None
+    measure = VAL_MEASURES[config.val_measure]
+    return Validator(measure=measure, rows=measure.rows(config, dataset, tokenizer), batch=config.batch_size, pad_id=tokenizer.pad_token_id or 0)
+
+
+@dataclass
+class EarlyStop:
+    """Measures so far, the best one and its trainable tensors (float32 copies), patience left."""
+
+    patience: int
+    higher_is_better: bool
+    history: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_value: float | None = None
+    stale: int = 0  # measures since the best
+    stopped: bool = False
+    best_params: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def better(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far (a NaN never does)."""
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.higher_is_better else value < self.best_value
+
+    def update(self, step: int, value: float, params: dict[str, torch.Tensor]) -> None:
+        """Record the measure ``value`` after ``step``; keep ``params`` if it is the best."""
+        self.history.append((step, value))
+        if self.better(value):
+            self.best_step, self.best_value, self.stale = step, value, 0
+            self.best_params = {name: p.detach().float().cpu().clone() for name, p in params.items()}
+        else:
+            self.stale += 1
+            self.stopped = self.stale >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the tensors (JSON-able)."""
+        return {"history": [list(h) for h in self.history], "best_step": self.best_step, "best_value": self.best_value,
+                "stale": self.stale, "stopped": self.stopped}
+
+    def restore(self, state: dict[str, Any], best_params: dict[str, torch.Tensor]) -> None:
+        """Back to a checkpoint's :meth:`state` and best tensors."""
+        self.history = [(int(s), float(v)) for s, v in state["history"]]
+        self.best_step, self.best_value = state["best_step"], state["best_value"]
+        self.stale, self.stopped, self.best_params = int(state["stale"]), bool(state["stopped"]), dict(best_params)
+
+
+def make_early_stop(config: FinetuneConfig) -> EarlyStop | None:
+    if config.early_stop_patience == 0:
+        return None
+    return EarlyStop(patience=config.early_stop_patience, higher_is_better=VAL_MEASURES[config.val_measure].higher_is_better)
+
+
+def keep_best(early: EarlyStop, params: dict[str, torch.nn.Parameter]) -> None:
+    """Put the best step's tensors back into the trainable ``params``."""
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(early.best_params[name].to(param.dtype))
