@@ -101,11 +101,9 @@ def render(figures: dict[str, Any]) -> str:
     f, d, n = figures, figures["defaults"], figures["ndcg10"]
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in f["stages"].items() if seconds >= 0.5)
     load, cpu = "", ""
-    loads = f.get("load_average")
-    if isinstance(loads, (int, float)):  # one reading, taken when the run ended
-        loads = {"end": loads}
+    loads = {when: value for when, value in (f.get("load_average") or {}).items() if value is not None}  # start, end
     if loads:
-        load = ", load average " + " and ".join(f"{v:.1f} at the {k}" for k, v in loads.items())
+        load = ", load average " + " and ".join(f"{value:.1f} at the {when}" for when, value in loads.items())
         if max(loads.values()) > f["cpus"]:
             load += ": other jobs were running, an idle machine takes less"
     if f.get("cpu_seconds") is not None:
