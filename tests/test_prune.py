@@ -169,6 +169,8 @@ def test_share_the_quickstart_run(finished_run, server, hf_hub, tmp_path: Path) 
 
     config, _ = finished_run
     out = tmp_path / "hub"
+    registered = CliRunner().invoke(main, ["register", str(config.run_dir), "--name", "smollm2-slim", "--host", server.url, "--force"])
+    assert registered.exit_code == 0, registered.output  # an earlier test reran the run with --no-register
     args = ["share", str(config.run_dir), "--out", str(out), "--users", "4", "--repeats", "1", "--ollama", "me/smollm2-slim", "--host", server.url,
             "--hf", "alice/smollm2-slim-rec-GGUF", "--json"]
     result = CliRunner().invoke(main, args)
