@@ -210,8 +210,8 @@ def test_unexportable_models_fail_clearly_and_leave_nothing(compact_llama: Path,
     yarn = tmp_path / "yarn"
     shutil.copytree(compact_llama, yarn)
     config = json.loads((yarn / "config.json").read_text())
-    (yarn / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}))
-    with pytest.raises(ExportError, match="rope type 'yarn' cannot be exported yet"):
+    (yarn / "config.json").write_text(json.dumps({**config, "rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}}))
+    with pytest.raises(ExportError, match="rope type 'dynamic' cannot be exported yet"):
         export_gguf(ExportConfig(model_dir=yarn, outtype="q4_k_m", out=out))
     assert list(out.parent.iterdir()) == []
 

@@ -1,7 +1,7 @@
 """The ``export`` stage: a Hugging Face directory -> one GGUF that llama.cpp and Ollama run.
 
-Design §7. Tensors are renamed with the family table's ``gguf_tensors``, Q/K rows
-are permuted where llama.cpp's rope layout differs from transformers' (``llama``),
+Design §7. Tensors are renamed (and split, transposed or norm-shifted) with the family
+table's ``gguf.tensors``, Q/K rows are permuted where llama.cpp's rope layout differs from transformers' (``llama``),
 metadata comes from ``_data/gguf_export.json``, the tokenizer from the source GGUF
 or ``tokenizer.json``. f32/f16/bf16/q8_0 are written directly; K-quants are made
 from an f32 GGUF by llama.cpp's own quantizer. Every export is accepted only after
@@ -23,7 +23,7 @@ from typing import Any
 from ollama_slim import __version__, paths
 from ollama_slim.slimming.build import read_provenance
 from ollama_slim.errors import ExportError, UsageError
-from ollama_slim.models.families import Family, family
+from ollama_slim.models.families import Family, TensorMap, check_config, config_value, family
 from ollama_slim.gguf.check import CheckResult, check_gguf, check_thresholds
 from ollama_slim.gguf.tokenizer import GGUFTokenizer, export_tables, from_source_gguf, from_tokenizer_json
 from ollama_slim.models.licensing import BaseModel, License, base_model_of, original_license, share_tags
@@ -130,7 +130,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     if not file.is_file() or not list(model_dir.glob("*.safetensors")):
         raise ExportError(f"{model_dir} is not a Hugging Face model directory (config.json and *.safetensors needed)", hint="pass the directory `ollama-slim build` wrote")
     cfg = json.loads(file.read_text(encoding="utf-8"))
-    family(cfg.get("model_type", "?"))  # unsupported architectures fail here, clearly
+    check_config(cfg)  # unsupported architectures and configs llama.cpp cannot run fail here, clearly
     if not cfg.get("head_dim"):
         cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
     return cfg
@@ -150,12 +150,14 @@ def write_gguf(*, model_dir: Path, hf_config: dict[str, Any], outtype: str, path
 
     fam = family(hf_config["model_type"])
     spec = _outtype_spec(outtype)
+    if spec.get("experts_only") and fam.mlp != "experts":
+        raise UsageError(f"--outtype {outtype} is for mixture-of-experts models; {fam.name} has none", hint="use q8_0, f16 or a k-quant")
     tok = _tokenizer(model_dir, hf_config, tokenizer_gguf=tokenizer_gguf)
     writer = gguf.GGUFWriter(str(path), fam.gguf_arch)
     sharing = sharing if sharing is not None else sharing_metadata(model_dir)
     _add_general(writer, model_dir=model_dir, hf_config=hf_config, spec=spec, name=sharing.name)
     _add_sharing(writer, sharing)
-    _add_hparams(writer, arch=fam.gguf_arch, hf_config=hf_config)
+    _add_hparams(writer, fam=fam, hf_config=hf_config)
     _add_tokenizer(writer, tok)
     plan = _plan_tensors(model_dir=model_dir, fam=fam, hf_config=hf_config, spec=spec)
     for item in plan:  # tensor infos first (shapes and sizes only) ...
@@ -231,34 +233,63 @@ def _add_sharing(writer: Any, sharing: Sharing) -> None:
             writer.add_dataset_name(i, name)
 
 
-def _config_value(hf_config: dict[str, Any], dotted: str) -> Any:
-    value: Any = hf_config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or value.get(part) is None:
-            return None
-        value = value[part]
-    return value
+_config_value = config_value
 
 
-def _add_hparams(writer: Any, *, arch: str, hf_config: dict[str, Any]) -> None:
-    """``<arch>.*`` hyper-parameters from the metadata table, plus rope scaling."""
-    for row in export_tables()["metadata"]:
+def _metadata_rows(fam: Family) -> list[dict[str, Any]]:
+    """The common metadata rows, each replaced by the family's row of the same key, then the family's new rows."""
+    own = {row["key"]: row for row in fam.gguf.metadata}
+    rows = [own.pop(row["key"], row) for row in export_tables()["metadata"]]
+    return rows + list(own.values())
+
+
+def _add_hparams(writer: Any, *, fam: Family, hf_config: dict[str, Any]) -> None:
+    """``<arch>.*`` hyper-parameters from the metadata tables, rope scaling and the layer-type pattern."""
+    arch = fam.gguf_arch
+    for row in _metadata_rows(fam):
         value = next((v for v in (_config_value(hf_config, p) for p in row["from"]) if v is not None), None)
         if value is None:
+            if row.get("optional"):
+                continue
             raise ExportError(f"config.json has none of {', '.join(row['from'])} (needed for {arch}.{row['key']})", hint="the model config is incomplete")
         if row["type"] == "uint32":
             writer.add_uint32(f"{arch}.{row['key']}", int(value))
         else:
             writer.add_float32(f"{arch}.{row['key']}", float(value))
-    rope = _rope(hf_config)
+    rope = _rope(hf_config, fam)
+    params = _config_value(hf_config, fam.gguf.rope_parameters) or {}
     if rope.get("scaling_type"):
         writer.add_string(f"{arch}.rope.scaling.type", rope["scaling_type"])
-        writer.add_float32(f"{arch}.rope.scaling.factor", float(_config_value(hf_config, "rope_parameters.factor") or 1.0))
+        writer.add_float32(f"{arch}.rope.scaling.factor", float(params.get("factor") or 1.0))
+    for key, name in rope.get("keys", {}).items():
+        if params.get(name) is not None:
+            writer.add_uint32(f"{arch}.{key}", int(params[name])) if key.endswith("_length") else writer.add_float32(f"{arch}.{key}", float(params[name]))
+    _add_layer_pattern(writer, fam=fam, hf_config=hf_config)
 
 
-def _rope(hf_config: dict[str, Any]) -> dict[str, Any]:
+def _add_layer_pattern(writer: Any, *, fam: Family, hf_config: dict[str, Any]) -> None:
+    """The window and the per-layer ``sliding_window_pattern`` array, which llama.cpp reads instead of its index rule.
+
+    With no sliding layer, llama.cpp aborts on a windowed GGUF: the window is then left out
+    (every layer is plain causal), or refused where the architecture requires one.
+    """
+    pattern = fam.layer_pattern
+    if pattern is None:
+        return
+    types = pattern.types_of(hf_config)
+    sliding = [t == pattern.sliding for t in types]
+    if not any(sliding):
+        if pattern.require_sliding:
+            raise ExportError(f"{fam.name}: no kept layer uses sliding-window attention; llama.cpp cannot run such a {fam.gguf_arch} GGUF", hint="keep at least one sliding-window layer")
+        return
+    writer.add_uint32(f"{fam.gguf_arch}.attention.sliding_window", int(hf_config[pattern.window]))
+    writer.add_array(f"{fam.gguf_arch}.attention.sliding_window_pattern", sliding)
+
+
+def _rope(hf_config: dict[str, Any], fam: Family | None = None) -> dict[str, Any]:
     """The rope-type row of the table for this config; a clear error for unsupported kinds."""
-    params = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    at = fam.gguf.rope_parameters if fam is not None else "rope_parameters"
+    params = _config_value(hf_config, at) or hf_config.get("rope_scaling") or {}
     kind = params.get("rope_type") or params.get("type") or "default"
     table = export_tables()["rope_types"]
     if kind not in table or kind.startswith("_"):
@@ -307,13 +338,19 @@ def _add_tokenizer(writer: Any, tok: GGUFTokenizer) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class _Planned:
-    """One GGUF tensor: where it comes from and how it is stored (``qtype``: a GGML type name)."""
+    """One GGUF tensor: where it comes from and how it is stored (``qtype``: a GGML type name).
+
+    ``ops`` (the family table's transforms) and ``part`` (which output of a split) turn the
+    Hugging Face tensor into this one; ``shape`` is the shape after them.
+    """
 
     gguf_name: str
     hf_name: str | None  # None: computed (rope_freqs)
     file: Path | None
-    shape: tuple[int, ...]  # the Hugging Face shape, e.g. (out_features, in_features)
+    shape: tuple[int, ...]  # the stored shape in numpy order, e.g. (out_features, in_features)
     qtype: str
+    ops: tuple[str, ...] = ()
+    part: int = 0
 
     @property
     def raw_dtype(self) -> Any:
@@ -344,52 +381,89 @@ def _plan_tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], sp
     """Every GGUF tensor in file order, from the safetensors headers (no weights read)."""
     from safetensors import safe_open
 
-    names = dict(fam.gguf_tensors)
     tied = bool(hf_config.get("tie_word_embeddings", False))
     plan = []
-    if "freqs_tensor" in _rope(hf_config):
+    rope = _rope(hf_config, fam)
+    if "freqs_tensor" in rope:
         shape = (int(hf_config["head_dim"]) // 2,)
-        plan.append(_Planned(gguf_name=_rope(hf_config)["freqs_tensor"], hf_name=None, file=None, shape=shape, qtype="F32"))
+        plan.append(_Planned(gguf_name=rope["freqs_tensor"], hf_name=None, file=None, shape=shape, qtype="F32"))
     for file in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
             for hf_name in f.keys():
                 if tied and hf_name == f"{fam.lm_head}.weight":
                     continue  # llama.cpp reuses token_embd when output.weight is absent
                 shape = tuple(f.get_slice(hf_name).get_shape())
-                gguf_name = _gguf_name(names, hf_name, layers=fam.layers)
-                plan.append(_Planned(gguf_name=gguf_name, hf_name=hf_name, file=file, shape=shape, qtype=_tensor_type(shape, spec=spec)))
+                mapping, template, layer = _gguf_map(fam, hf_name)
+                out_shape = _shape_after(shape, mapping.ops)
+                for part, target in enumerate(mapping.to):
+                    gguf_name = target.format(i=layer) if layer is not None else target
+                    qtype = _tensor_type(out_shape, spec=spec, kind=_kind(fam, target))
+                    plan.append(_Planned(gguf_name=gguf_name, hf_name=hf_name, file=file, shape=out_shape, qtype=qtype, ops=mapping.ops, part=part))
     return plan
 
 
-def _tensor_type(shape: tuple[int, ...], *, spec: dict[str, Any]) -> str:
-    """The outtype's type for matrices whose rows fit its blocks; f32 for vectors, as llama.cpp wants."""
+def _kind(fam: Family, template: str) -> str:
+    """``"float"`` (never quantized), ``"expert"`` (a 3-D expert tensor) or ``"tensor"``."""
+    if template in fam.gguf.keep_float:
+        return "float"
+    return "expert" if template in fam.gguf.expert_tensors else "tensor"
+
+
+def _shape_after(shape: tuple[int, ...], ops: tuple[str, ...]) -> tuple[int, ...]:
+    out = list(shape)
+    for op in ops:
+        if op == "split_even_odd_last":
+            out[-1] //= 2
+        elif op == "swap_last2":
+            out[-1], out[-2] = out[-2], out[-1]
+    return tuple(out)
+
+
+def _apply_ops(array: Any, ops: tuple[str, ...], part: int) -> Any:
+    """The family table's transforms: ``split_even_odd_last`` (part 0: even columns, 1: odd), ``swap_last2``."""
+    for op in ops:
+        if op == "split_even_odd_last":
+            array = array[..., part::2]
+        elif op == "swap_last2":
+            array = array.swapaxes(-1, -2)
+    return array
+
+
+def _tensor_type(shape: tuple[int, ...], *, spec: dict[str, Any], kind: str = "tensor") -> str:
+    """The outtype's type for matrices whose rows fit its blocks; f32 for vectors and float-only tensors, as llama.cpp wants."""
     import gguf
 
-    kind = spec.get("tensor_type", "F32")
-    if len(shape) < 2 or kind == "F32":
+    qtype = spec.get("expert_type", spec.get("tensor_type", "F32")) if kind == "expert" else spec.get("tensor_type", "F32")
+    if len(shape) < 2 or qtype == "F32" or kind == "float":
         return "F32"
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]][0]
-    return kind if shape[-1] % block == 0 else spec.get("fallback", "F16")
+    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][0]
+    return qtype if shape[-1] % block == 0 else spec.get("fallback", "F16")
 
 
 def _load(item: _Planned, *, fam: Family, hf_config: dict[str, Any]) -> Any:
-    """The float32 array of ``item`` in llama.cpp's layout (Q/K rows permuted where needed)."""
+    """The float32 array of ``item`` in llama.cpp's layout (transformed, Q/K rows permuted, norms shifted where needed)."""
+    import numpy as np
+
     from safetensors import safe_open
 
     if item.hf_name is None:
         return _rope_freqs(hf_config)
     with safe_open(str(item.file), framework="pt") as f:
         array = f.get_tensor(item.hf_name).float().numpy()
+    array = np.ascontiguousarray(_apply_ops(array, item.ops, item.part))
+    if fam.gguf.norm_shift and item.hf_name.endswith("norm.weight"):
+        array = array + np.float32(fam.gguf.norm_shift)  # x * (1 + w): llama.cpp multiplies by the stored 1 + w
     return _permute_for_rope(array, hf_name=item.hf_name, fam=fam, hf_config=hf_config)
 
 
-def _gguf_name(names: dict[str, str], hf_name: str, *, layers: str) -> str:
-    """``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight`` (family table)."""
-    match = re.match(rf"^{re.escape(layers)}\.(\d+)\.(.+)$", hf_name)
-    template = f"{layers}.{{i}}.{match[2]}" if match else hf_name
-    if template not in names:
+def _gguf_map(fam: Family, hf_name: str) -> tuple[TensorMap, str, int | None]:
+    """``model.layers.3.mlp.up_proj.weight`` -> (its map ``blk.{i}.ffn_up.weight``, the template, 3)."""
+    match = re.match(rf"^{re.escape(fam.layers)}\.(\d+)\.(.+)$", hf_name)
+    template = f"{fam.layers}.{{i}}.{match[2]}" if match else hf_name
+    mapping = fam.gguf.tensors.get(template)
+    if mapping is None:
         raise ExportError(f"tensor {hf_name} has no GGUF name in the family table", hint="this model has modules the exporter does not know; add them to ollama_slim/_data/families.json")
-    return names[template].format(i=int(match[1])) if match else names[template]
+    return mapping, template, int(match[1]) if match else None
 
 
 def _permute_for_rope(array: Any, *, hf_name: str, fam: Family, hf_config: dict[str, Any]) -> Any:
@@ -398,7 +472,7 @@ def _permute_for_rope(array: Any, *, hf_name: str, fam: Family, hf_config: dict[
     Per head, the ``head_dim`` rows ``[x_0..x_{h/2-1}, y_0..y_{h/2-1}]`` become
     ``[x_0, y_0, x_1, y_1, ...]``. ``array``: ``(heads * head_dim, d)`` or bias ``(heads * head_dim,)``.
     """
-    if not fam.gguf_permute_qk:
+    if not fam.gguf.permute_qk:
         return array
     q_name, k_name = fam.attn_in[0], fam.attn_in[1]
     if f".{q_name}." in hf_name:

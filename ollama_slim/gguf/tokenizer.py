@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ollama_slim.tables import table
 from ollama_slim.errors import ExportError
 
 # llama.cpp token types (gguf.TokenType values)
@@ -33,10 +32,9 @@ class GGUFTokenizer:
     notes: list[str] = field(default_factory=list)
 
 
-@cache
 def export_tables() -> dict[str, Any]:
     """``_data/gguf_export.json``."""
-    return json.loads(resources.files("ollama_slim").joinpath("_data/gguf_export.json").read_text())
+    return table("gguf_export", private=True)
 
 
 def from_source_gguf(gguf_path: Path, *, vocab_size: int) -> GGUFTokenizer | None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ollama_slim.tables import table
+from ollama_slim.tables import text as data_text
 from ollama_slim import paths
 from ollama_slim.errors import SlimError, UsageError
 
@@ -56,10 +56,8 @@ class License:
         return d
 
 
-@cache
 def _table() -> dict[str, dict[str, Any]]:
-    text = resources.files("ollama_slim").joinpath("_data/licenses.json").read_text(encoding="utf-8")
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return table("licenses")
 
 
 def known_licenses() -> list[str]:
@@ -72,7 +70,7 @@ def license_by_id(license_id: str, *, source: str, text: str | None = None) -> L
     if row is None:
         return License(id=license_id, name=license_id, hf_id=license_id.lower(), text=text, source=source)
     if text is None and row.get("text"):
-        text = resources.files("ollama_slim").joinpath(f"_data/{row['text']}").read_text(encoding="utf-8")
+        text = data_text(row["text"])
     return License(id=license_id.lower(), name=row["name"], hf_id=row["hf_id"], link=row.get("link"), text=text, notice=row.get("notice"),
                    name_prefix=row.get("name_prefix"), attribution=row.get("attribution"), source=source)
 

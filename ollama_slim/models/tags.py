@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from typing import Any
 
+from ollama_slim.tables import table
 from ollama_slim.errors import UnknownTagError, UsageError
 
 # Ollama's name rules: lowercase-ish parts of letters, digits, '_', '-', '.'.
@@ -77,10 +75,8 @@ class TagEntry:
     license: str | None = None  # the original's licence id (_data/licenses.json)
 
 
-@cache
 def _table() -> dict[str, dict[str, dict[str, Any]]]:
-    text = resources.files("ollama_slim").joinpath("_data/tags.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return table("tags")
 
 
 def known_tags() -> list[str]:

@@ -16,11 +16,10 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ollama_slim.tables import table
 from ollama_slim import paths
 from ollama_slim.errors import ExportError, OllamaError, SlimError
 from ollama_slim.ollama.api import ApiOptions
@@ -318,10 +317,8 @@ class ChatSpec:
     source: str  # "ollama show NAME", "tag table (chatml)", "chat template (llama3)" or "none"
 
 
-@cache
 def _chat_families() -> dict[str, dict[str, Any]]:
-    text = resources.files("ollama_slim").joinpath("_data/chat_templates.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+    return table("chat_templates")
 
 
 def chat_family(name: str, *, source: str | None = None) -> ChatSpec:
