@@ -25,6 +25,11 @@ def table(name: str, *, private: bool = False) -> dict[str, Any]:
     return copy.deepcopy(_resolved(name, private))
 
 
+def raw_table(name: str) -> dict[str, Any]:
+    """``_data/<name>.json`` as written, ``extends`` unresolved (a copy)."""
+    return copy.deepcopy(_raw(name))
+
+
 def text(path: str) -> str:
     """A text file under ``_data/`` (a licence text...)."""
     return resources.files("ollama_slim").joinpath(f"_data/{path}").read_text(encoding="utf-8")

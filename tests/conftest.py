@@ -74,26 +74,38 @@ def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def make_tiny_model(out: Path, tokenizer_dir: Path, *, arch: str = "llama", layers: int = 6, hidden: int = 64, seed: int = 0, tied: bool = True) -> Path:
-    """Save a tiny random-weight Llama/Qwen2/Qwen3 with the tiny tokenizer to ``out``."""
+def make_tiny_model(out: Path, tokenizer_dir: Path, *, arch: str = "llama", layers: int = 6, hidden: int = 64, seed: int = 0, tied: bool = True,
+                    layers_given: int | None = None) -> Path:
+    """Save a tiny random-weight model of family ``arch`` (its table's ``tiny`` settings) with the tiny tokenizer to ``out``.
+
+    ``layers_given`` overrides the family's own tiny layer count (which ``layers`` does not).
+    """
     import shutil
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ollama_slim.models.families import family
+
     torch.manual_seed(seed)
+    fam = family(arch)
     vocab = len(json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]) + 3
-    config = AutoConfig.for_model(
-        arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+    settings = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=512,
         rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
+    settings.update(fam.tiny)  # what the family needs beside (experts, a window shorter than the test prompts...)
+    if layers_given is not None:
+        settings["num_hidden_layers"] = layers_given
+    config = AutoConfig.for_model(arch, **settings)
     model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # make norms and biases non-trivial so folding tests can fail
+    identity = fam.identity_norm
+    with torch.no_grad():  # make norms, biases and sinks non-trivial so folding and export tests can fail
         for name, param in model.named_parameters():
             if "norm" in name:
-                param.uniform_(0.5, 1.5)
-            elif name.endswith("bias"):
+                param.uniform_(identity - 0.5, identity + 0.5)
+            elif name.endswith("bias") or name.endswith("sinks"):
                 param.normal_(0.0, 0.1)
     model.save_pretrained(out)
     for file in tokenizer_dir.iterdir():

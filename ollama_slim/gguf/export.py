@@ -403,8 +403,8 @@ def _plan_tensors(*, model_dir: Path, fam: Family, hf_config: dict[str, Any], sp
 
 
 def _kind(fam: Family, template: str) -> str:
-    """``"float"`` (never quantized), ``"expert"`` (a 3-D expert tensor) or ``"tensor"``."""
-    if template in fam.gguf.keep_float:
+    """``"float"`` (never quantized: biases, even 2-D expert ones, and the table's list), ``"expert"`` (a 3-D expert tensor) or ``"tensor"``."""
+    if template in fam.gguf.keep_float or template.endswith(".bias"):
         return "float"
     return "expert" if template in fam.gguf.expert_tensors else "tensor"
 

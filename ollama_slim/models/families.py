@@ -9,12 +9,15 @@ the GGUF tensor map (with its transforms) and extra GGUF metadata.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field, fields
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from ollama_slim.errors import UnsupportedArchitectureError
-from ollama_slim.tables import table
+from ollama_slim.tables import raw_table, resolve_extends
 
 NORM_FORMS = {"w": 1.0, "one_plus_w": 0.0}  # norm form -> the weight value of an identity norm
 MLP_KINDS = ("dense", "experts")
@@ -161,9 +164,22 @@ def build_family(name: str, entry: dict[str, Any]) -> Family:
     return Family(name=name, gguf=spec, layer_pattern=LayerPattern(**pattern) if pattern else None, **values)
 
 
-@cache
+USER_TABLE_ENV = "OLLAMA_SLIM_FAMILIES"  # a JSON file of extra entries (they may extend the package's)
+
+
 def _families() -> dict[str, Family]:
-    return {name: build_family(name, entry) for name, entry in table("families").items()}
+    return _load_families(os.environ.get(USER_TABLE_ENV) or None)
+
+
+@cache
+def _load_families(extra: str | None) -> dict[str, Family]:
+    entries = raw_table("families")
+    if extra:
+        try:
+            entries = {**entries, **json.loads(Path(extra).read_text(encoding="utf-8"))}
+        except (OSError, ValueError) as err:
+            raise UnsupportedArchitectureError(f"{USER_TABLE_ENV}={extra} is not a readable JSON family table ({err})", hint=f"fix the file or unset {USER_TABLE_ENV}") from None
+    return {name: build_family(name, resolve_extends(entries, name)) for name, entry in entries.items() if not name.startswith("_") and isinstance(entry, dict)}
 
 
 def supported() -> list[str]:

@@ -288,10 +288,37 @@ def fold_bridge(model: Any, bridge: Bridge) -> None:
     layers = get_module(model, fam.layers)
     for gap in bridge.gaps:
         if gap.mlp is not None:
-            _left_multiply(get_module(layers[gap.slot - 1], fam.mlp_out), gap.mlp.double())
+            fold_mlp_map(layers[gap.slot - 1], fam, gap.mlp.double())
     rotations = {g.slot: g.rotation.double() for g in bridge.gaps if g.rotation is not None}
     if rotations:
         fold_rotations(model, rotations)
+
+
+def fold_mlp_map(layer: Any, fam: Family, matrix: torch.Tensor) -> None:
+    """The MLP of ``layer`` writes ``matrix @ y`` instead of ``y`` (family table's ``mlp_fold``).
+
+    ``out_in`` (an ``nn.Linear``): ``W <- M W``, ``b <- M b``. ``in_out`` (experts that
+    compute ``x @ W[e] + b[e]``, ``W [E, f, d]``, ``b [E, d]``): ``W[e] <- W[e] M^T``,
+    ``b[e] <- b[e] M^T`` for every expert; exact because the router's top-k weights sum
+    to one and nothing is added outside the weighted sum of experts.
+    """
+    spec = fam.mlp_fold
+    for path in (spec["weight"], spec.get("bias")):
+        param = _maybe_param(layer, path)
+        if param is None:
+            continue
+        value = param.detach().double()
+        folded = value @ matrix.T if spec["layout"] == "in_out" else matrix @ value
+        param.data.copy_(folded.to(param.dtype))
+
+
+def _maybe_param(root: Any, dotted: str | None) -> Any:
+    """The parameter at ``dotted`` (``mlp.down_proj.weight``), or None when the module has none there."""
+    if not dotted:
+        return None
+    owner, _, name = dotted.rpartition(".")
+    module = get_module(root, owner) if owner else root
+    return getattr(module, name, None)
 
 
 def _left_multiply(linear: Any, matrix: torch.Tensor) -> None:
@@ -306,12 +333,15 @@ def _right_multiply(linear: Any, matrix: torch.Tensor) -> None:
     linear.weight.copy_((linear.weight.double() @ matrix).to(linear.weight.dtype))
 
 
-def _fold_norm(norm: Any, linears: list[Any]) -> None:
-    """RMSNorm gain ``g`` into the linears it feeds: ``W <- W diag(g)``, ``g <- 1``."""
-    gain = norm.weight.double()
+def _fold_norm(norm: Any, linears: list[Any], fam: Family) -> None:
+    """RMSNorm gain ``g`` into the linears it feeds: ``W <- W diag(g)``, the norm left as identity.
+
+    ``g`` is ``w`` for ``x * w`` norms and ``1 + w`` for ``x * (1 + w)`` ones (family ``norm_form``).
+    """
+    gain = norm.weight.double() + (1.0 - fam.identity_norm)
     for linear in linears:
         _right_multiply(linear, torch.diag(gain))
-    norm.weight.fill_(1.0)
+    norm.weight.fill_(fam.identity_norm)
 
 
 def segment_maps(rotations: dict[int, torch.Tensor], *, num_kept: int) -> list[torch.Tensor | None]:
@@ -354,7 +384,7 @@ def _rotate_layer(layer: Any, fam: Family, s: torch.Tensor) -> None:
     """Express ``layer`` in the stream basis ``S`` (orthogonal ``[d, d]``)."""
     for norm_name, inputs, output in ((fam.input_norm, fam.attn_in, fam.attn_out), (fam.post_attention_norm, fam.mlp_in, fam.mlp_out)):
         readers = [get_module(layer, name) for name in inputs]
-        _fold_norm(get_module(layer, norm_name), readers)
+        _fold_norm(get_module(layer, norm_name), readers, fam)
         for linear in readers:
             _right_multiply(linear, s.T)
         _left_multiply(get_module(layer, output), s)

@@ -19,10 +19,11 @@ from typing import Any
 from ollama_slim import __version__, paths
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.errors import SelectionError, UsageError
-from ollama_slim.models.families import decoder_layers
+from ollama_slim.models.families import check_config, decoder_layers
 from ollama_slim.models.lm import layer_subset
 from ollama_slim.models.modeling import LoadOptions, load
 from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.slimming.patterns import check_kept, original_types
 
 PROVENANCE_FILE = "slim.json"
 PROVENANCE_FORMAT = 1
@@ -106,6 +107,15 @@ def validate_layers(layers: list[int] | tuple[int, ...], *, num_layers: int, all
     if len(kept) == num_layers and not allow_all:
         raise SelectionError(f"keeping all {num_layers} layers removes nothing", hint="drop at least one layer, or export the original model as it is")
     return kept
+
+
+def check_family(model_dir: Path, *, kept: list[int], bridge: str) -> None:
+    """What the model's family table allows: the bridge kind, and kept layers that follow its layer-type pattern (one line otherwise)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    fam = check_config(config)
+    if bridge not in fam.bridges:
+        raise UsageError(f"bridge {bridge!r} does not fold exactly into a {fam.name} model", hint=f"choose one of: {', '.join(fam.bridges)}")
+    check_kept(fam, original_types(fam, config), kept)
 
 
 def read_selection(path: Path) -> dict[str, Any]:
@@ -212,6 +222,7 @@ def build_compact(config: BuildConfig) -> BuildResult:
         raise UsageError(f"unknown bridge kind {config.bridge!r}", hint=f"choose one of: {', '.join(sorted(BRIDGES))}")
     resolved = resolve(config.model, hf=config.hf)
     kept = kept_layers(config, num_layers=resolved.num_layers)
+    check_family(resolved.model_dir, kept=kept, bridge=config.bridge)
     out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(config.model, kept)
     if out_dir.exists() and not config.force:
         raise UsageError(f"{out_dir} already exists", hint="pass --force to replace it, or choose another --out")

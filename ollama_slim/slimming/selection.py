@@ -22,10 +22,12 @@ from ollama_slim.errors import RunError, SelectionError, UsageError
 from ollama_slim.slimming.importance.plots import plot_selection
 from ollama_slim.slimming.importance.probes import SubsetEvaluator, build_probe, ndcg_at, probe_examples, random_ndcg, target_nll
 from ollama_slim.slimming.importance.stage import ScoreConfig, default_run_dir, open_model, read_scores, score_layers
+from ollama_slim.models.families import Family, family_of
 from ollama_slim.models.lm import LayerRunner
 from ollama_slim.models.modeling import torch_dtype
 from ollama_slim.recsys.prompt import PromptConfig
 from ollama_slim.pipeline.layout import RunLayout
+from ollama_slim.slimming.patterns import feasible, matches, original_types
 from ollama_slim.models.sources import resolve
 
 SELECTION_FORMAT = 1
@@ -87,6 +89,18 @@ class SearchContext:
     chance: float
     full: Step | None = None
     progress: Progress | None = None
+    family: Family | None = None  # with types: the layer-type pattern every final set must follow
+    types: list[str] | None = None
+
+    def fits(self, layers: Any) -> bool:
+        """Whether ``layers`` put every layer on a position of its own type (always, for families without a pattern)."""
+        return self.family is None or matches(self.family, self.types, sorted(layers))
+
+    def completable(self, must: Any, may: Any) -> bool:
+        """Whether ``must`` (plus some of ``may``) can still become a pattern-matching set of ``keep`` layers."""
+        if self.family is None or self.keep is None:
+            return True
+        return feasible(self.family, self.types, must=must, may=may, count=self.keep)
 
     def quality(self, layers: Any, *, changed: int | None = None) -> Step:
         """Title loss and NDCG@10 of ``layers`` on the ranking probe."""
@@ -103,7 +117,7 @@ class SearchContext:
         """Whether ``step`` meets the target (``keep`` layers, or ``min_retained`` reached)."""
         if self.keep is not None:
             return len(step.layers) == self.keep
-        return step.retained is not None and step.retained >= self.min_retained
+        return step.retained is not None and step.retained >= self.min_retained and self.fits(step.layers)
 
     def best_trial(self, trials: dict[int, tuple[int, ...]]) -> int:
         """The key of the subset with the lowest search loss (candidates in layer order)."""
@@ -132,10 +146,20 @@ def _unreached(ctx: SearchContext) -> SelectionError:
 
 @strategy("ranked")
 def ranked(ctx: SearchContext) -> list[Step]:
-    """Add layers in fused-importance order, evaluating after each addition."""
+    """Add layers in fused-importance order, evaluating after each addition.
+
+    A layer that would leave no pattern-matching set of ``keep`` layers is passed over.
+    """
     steps: list[Step] = []
-    for k in range(1, ctx.num_layers):
-        steps.append(ctx.quality(ctx.order[:k], changed=ctx.order[k - 1]))
+    kept: list[int] = []
+    for layer in ctx.order:
+        if len(kept) == ctx.num_layers - 1:
+            break
+        rest = set(range(ctx.num_layers)) - {*kept, layer}
+        if not ctx.completable([*kept, layer], rest):
+            continue
+        kept.append(layer)
+        steps.append(ctx.quality(kept, changed=layer))
         if ctx.enough(steps[-1]):
             return steps
     raise _unreached(ctx)
@@ -147,7 +171,8 @@ def backward(ctx: SearchContext) -> list[Step]:
     kept, steps = tuple(range(ctx.num_layers)), []
     while len(kept) > 1:
         ctx.loss.cache.pin(kept)
-        drop = ctx.best_trial({layer: tuple(x for x in kept if x != layer) for layer in kept})
+        trials = {layer: tuple(x for x in kept if x != layer) for layer in kept}
+        drop = ctx.best_trial({layer: rest for layer, rest in trials.items() if ctx.completable((), rest)})
         step = ctx.quality(tuple(x for x in kept if x != drop), changed=drop)
         if ctx.min_retained is not None and not ctx.enough(step):
             break
@@ -155,6 +180,8 @@ def backward(ctx: SearchContext) -> list[Step]:
         steps.append(step)
         if ctx.keep is not None and ctx.enough(step):
             break
+    while steps and not ctx.fits(steps[-1].layers):  # --min-retained: end on the smallest set that follows the pattern
+        steps.pop()
     if not steps:
         raise _unreached(ctx)
     return steps
@@ -167,7 +194,9 @@ def forward(ctx: SearchContext) -> list[Step]:
     steps: list[Step] = []
     while len(kept) < ctx.num_layers - 1:
         ctx.loss.cache.pin(kept)
-        add = ctx.best_trial({layer: tuple(sorted(kept + (layer,))) for layer in range(ctx.num_layers) if layer not in kept})
+        others = [layer for layer in range(ctx.num_layers) if layer not in kept]
+        add = ctx.best_trial({layer: tuple(sorted(kept + (layer,))) for layer in others
+                              if ctx.completable((*kept, layer), set(others) - {layer})})
         kept = tuple(sorted(kept + (add,)))
         steps.append(ctx.quality(kept, changed=add))
         if ctx.enough(steps[-1]):
@@ -246,8 +275,12 @@ def _search_context(config: SelectConfig, net: Any, tokenizer: Any, data: str, n
     sampler = CandidateSampler(dataset, negatives=config.negatives, seed=config.seed)
     loss = SubsetEvaluator(runner, build_probe(tokenizer, dataset, items, prompt=config.prompt, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
     rank = SubsetEvaluator(runner, build_probe(tokenizer, dataset, items, sampler=sampler, prompt=config.prompt, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
+    fam = family_of(net)
+    types = original_types(fam, net.config)
+    if config.keep is not None and not feasible(fam, types, must=(), may=range(num_layers), count=config.keep):
+        raise SelectionError(f"no {config.keep} layers of this {fam.name} model follow llama.cpp's layer-type pattern", hint="choose another --keep")
     return SearchContext(num_layers=num_layers, loss=loss, rank=rank, keep=config.keep, min_retained=config.min_retained, order=order,
-                         chance=random_ndcg(config.negatives + 1), progress=progress)
+                         chance=random_ndcg(config.negatives + 1), progress=progress, family=fam if types else None, types=types)
 
 
 def select_layers(config: SelectConfig, *, progress: Progress | None = None) -> SelectResult:

@@ -16,6 +16,7 @@ Two ways, one family table (:mod:`ollama_slim.models.families`):
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
@@ -138,6 +139,10 @@ class LayerRunner:
         self.rotary = getattr(layer_parent(model, fam)[0], "rotary_emb", None)
         if self.rotary is None:
             raise UnsupportedArchitectureError(f"{fam.name}: no rotary embedding beside {fam.layers}", hint="layer subsets need a rotary-position model")
+        pattern = fam.layer_pattern
+        self.types = pattern.types_of(model.config) if pattern is not None else None  # per layer: its rope and mask
+        self.window = {pattern.sliding: int(getattr(model.config, pattern.window))} if pattern is not None else {}
+        self.typed_rope = "layer_type" in inspect.signature(self.rotary.forward).parameters
 
     @property
     def num_layers(self) -> int:
@@ -147,14 +152,24 @@ class LayerRunner:
     def device_of(module: Any) -> torch.device:
         return next(module.parameters()).device
 
-    def _placed(self, batch: PackedBatch, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The batch's mask and rotary ``(cos, sin)`` on ``device``, computed once."""
-        if device not in batch._placed:
+    def _placed(self, batch: PackedBatch, device: torch.device, layer_type: str | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The batch's mask and rotary ``(cos, sin)`` on ``device`` for layers of ``layer_type``, computed once.
+
+        A sliding-window type masks keys ``window`` or more positions back (positions
+        continue from a prompt into each continuation, so the distance is right in a packed row).
+        """
+        key = (device, layer_type)
+        if key not in batch._placed:
             positions = batch.positions.to(device)
             probe = torch.zeros((), dtype=batch.bias.dtype, device=device)
-            cos_sin = self.rotary(probe, position_ids=positions)
-            batch._placed[device] = (batch.bias.to(device), cos_sin)
-        return batch._placed[device]
+            cos_sin = self.rotary(probe, position_ids=positions, layer_type=layer_type) if self.typed_rope else self.rotary(probe, position_ids=positions)
+            bias = batch.bias.to(device)
+            window = self.window.get(layer_type)
+            if window is not None:
+                far = (positions[:, :, None] - positions[:, None, :]) >= window  # [B, q, k]
+                bias = bias.masked_fill(far.unsqueeze(1), torch.finfo(bias.dtype).min)
+            batch._placed[key] = (bias, cos_sin)
+        return batch._placed[key]
 
     def embed_batch(self, batch: PackedBatch) -> torch.Tensor:
         """Token embeddings: [B, S, d]."""
@@ -164,7 +179,7 @@ class LayerRunner:
         """Decoder layer ``index`` on ``hidden`` [B, S, d] -> [B, S, d], on that layer's device."""
         module = self.layers[index]
         device = self.device_of(module)
-        bias, cos_sin = self._placed(batch, device)
+        bias, cos_sin = self._placed(batch, device, self.types[index] if self.types else None)
         positions = batch.positions.to(device)
         return module(hidden.to(device), attention_mask=bias, position_ids=positions, position_embeddings=cos_sin)
 

@@ -17,10 +17,12 @@ BRIDGE_ATTR = "slim_bridge"
 
 
 def lora_targets(model: Any) -> list[str]:
-    """Leaf names of every projection in a decoder layer (family table), for peft."""
-    fam = family_of(model)
-    names = [*fam.attn_in, fam.attn_out, *fam.mlp_in, fam.mlp_out]
-    return sorted({name.rsplit(".", 1)[-1] for name in names})
+    """Leaf names of the linear layers LoRA adapts (family table ``lora_targets``), for peft.
+
+    Mixture-of-experts families adapt attention only: their experts are 3-D parameters,
+    not ``nn.Linear`` modules, and stay frozen under LoRA (a full fine-tune trains them).
+    """
+    return sorted(family_of(model).lora_targets)
 
 
 def wrap_lora(model: Any, config: FinetuneConfig) -> Any:
