@@ -65,7 +65,18 @@ def test_unsupported_architecture(tmp_path: Path, tiny_llama: Path) -> None:
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UnsupportedArchitectureError) as err:
         resolve(str(d))
-    assert "supported: llama" in err.value.one_line()
+    assert "supported: gemma3_text, gpt_oss, llama, qwen2, qwen3" in err.value.one_line()
+
+
+def test_what_a_family_cannot_do_is_said_at_resolve(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    from conftest import make_tiny_model
+
+    d = make_tiny_model(tmp_path / "oss", tiny_tokenizer_dir, arch="gpt_oss", tied=False)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "swiglu_limit": 5.0}))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        resolve(str(d))
+    assert "swiglu_limit is 5.0, not 7.0" in err.value.one_line() and "llama.cpp" in err.value.one_line()
 
 
 def _store_with(models: Path, blob_bytes: bytes, name: str = "mymodel", tag: str = "latest", *, write_blob: bool = True) -> Path:

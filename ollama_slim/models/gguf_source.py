@@ -9,13 +9,9 @@ from pathlib import Path
 
 from ollama_slim import paths
 from ollama_slim.errors import SourceError
-from ollama_slim.models.families import supported
+from ollama_slim.models.families import by_gguf_arch, family, supported
 
 log = logging.getLogger(__name__)
-
-# GGUF general.architecture -> transformers model_type (transformers' own loader does the rest).
-_GGUF_TO_HF = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-
 
 def gguf_architecture(path: Path) -> str:
     """``general.architecture`` of a GGUF, with a clear error for a broken file."""
@@ -34,7 +30,7 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     arch = gguf_architecture(gguf_path)
-    if arch not in _GGUF_TO_HF:
+    if arch not in by_gguf_arch():  # GGUF general.architecture -> model_type, from the family table
         raise SourceError(f"{gguf_path.name}: GGUF architecture {arch!r} cannot be slimmed", hint=f"supported: {', '.join(supported())}")
     paths.home().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=paths.home()) as tmp:
@@ -48,8 +44,30 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    _layer_types_from_gguf(model.config, gguf_path, arch)
     with paths.atomic_dir(out_dir) as tmp_dir:
         model.save_pretrained(tmp_dir)
         tokenizer.save_pretrained(tmp_dir)
     return out_dir
 
+
+
+def _layer_types_from_gguf(config: object, gguf_path: Path, arch: str) -> None:
+    """Per-layer types and the sliding-window rope base from the GGUF, which transformers' loader ignores.
+
+    A slim GGUF's kept layers need not follow the index rule the loader's config default
+    assumes; its ``sliding_window_pattern`` array says what each layer is.
+    """
+    from gguf import GGUFReader
+
+    pattern = family(by_gguf_arch()[arch]).layer_pattern
+    if pattern is None:
+        return
+    reader = GGUFReader(str(gguf_path))
+    field = reader.get_field(f"{arch}.attention.sliding_window_pattern")
+    if field is not None:
+        setattr(config, pattern.config_list, [pattern.sliding if bool(v) else pattern.full for v in field.contents()])
+    base = reader.get_field(f"{arch}.rope.freq_base_swa")
+    rope = getattr(config, "rope_parameters", None)
+    if base is not None and isinstance(rope, dict) and isinstance(rope.get(pattern.sliding), dict):
+        rope[pattern.sliding]["rope_theta"] = float(base.contents())

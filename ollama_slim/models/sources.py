@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ollama_slim import paths
-from ollama_slim.errors import SourceError, UnsupportedArchitectureError
-from ollama_slim.models.families import family
+from ollama_slim.errors import SourceError
+from ollama_slim.models.families import check_config
 from ollama_slim.sharing.hub import offline_mode, parse_hf_ref, ref_gguf
 from ollama_slim.models.tags import OllamaName, TagEntry, lookup, parse_name, unknown_tag
 from ollama_slim.pipeline.layout import RunLayout
@@ -230,10 +230,7 @@ def _describe(ref: str, directory: Path, *, entry: TagEntry | None, source: str,
     except ValueError as err:
         raise SourceError(f"{config_path} is not valid JSON ({err})", hint="re-download the model") from None
     arch = config.get("model_type", "?")
-    try:
-        family(arch)
-    except UnsupportedArchitectureError:
-        raise
+    check_config(config)  # the family, and what in this config llama.cpp cannot run, in one line
     if not list(directory.glob("*.safetensors")):
         raise SourceError(f"{directory} has no safetensors weights", hint="ollama-slim loads safetensors or GGUF only (never pickle); convert the weights first")
     return ResolvedModel(

@@ -428,7 +428,16 @@ def chat_for(*, gguf: Path | None = None, original: str | None = None, chat: str
     family = (entry.chat if entry else None) or recorded_chat
     if family in _chat_families():
         return chat_family(family)
-    return chat_from_jinja(meta.get("tokenizer.chat_template", "")) or ChatSpec(template=None, stops=(), source="none")
+    return chat_from_jinja(meta.get("tokenizer.chat_template", "")) or _architecture_chat(meta.get("general.architecture")) or ChatSpec(template=None, stops=(), source="none")
+
+
+def _architecture_chat(arch: str | None) -> ChatSpec | None:
+    """The chat family the family table gives a GGUF architecture (gemma3: gemma), for GGUFs that carry no template."""
+    from ollama_slim.models.families import by_gguf_arch, family
+
+    name = by_gguf_arch().get(arch or "")
+    chat = family(name).chat if name else ""
+    return chat_family(chat, source=f"family table ({chat})") if chat in _chat_families() else None
 
 
 def _tag_entry(ref: str) -> Any:

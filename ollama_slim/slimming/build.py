@@ -48,6 +48,7 @@ class BuildConfig:
     hf: str | None = None
     force: bool = False
     run_dir: Path | None = None  # a run: selection and out_dir default to its files, the result goes to its build.json
+    bridge_fallback: bool = False  # a bridge the family cannot fold exactly gives way to the family's own (prune's default), instead of an error
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,20 @@ def validate_layers(layers: list[int] | tuple[int, ...], *, num_layers: int, all
     return kept
 
 
-def check_family(model_dir: Path, *, kept: list[int], bridge: str) -> None:
-    """What the model's family table allows: the bridge kind, and kept layers that follow its layer-type pattern (one line otherwise)."""
+def check_family(model_dir: Path, *, kept: list[int], bridge: str, fallback: bool = False) -> str:
+    """What the model's family table allows: kept layers that follow its layer-type pattern, and the bridge kind (one line otherwise).
+
+    Returns the bridge to build with: ``bridge``, or with ``fallback`` the family's first
+    kind when ``bridge`` does not fold exactly into it.
+    """
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     fam = check_config(config)
-    if bridge not in fam.bridges:
-        raise UsageError(f"bridge {bridge!r} does not fold exactly into a {fam.name} model", hint=f"choose one of: {', '.join(fam.bridges)}")
     check_kept(fam, original_types(fam, config), kept)
+    if bridge in fam.bridges:
+        return bridge
+    if fallback:
+        return next((kind for kind in fam.bridges if kind != "none"), "none")
+    raise UsageError(f"bridge {bridge!r} does not fold exactly into a {fam.name} model", hint=f"choose one of: {', '.join(fam.bridges)}")
 
 
 def read_selection(path: Path) -> dict[str, Any]:
@@ -222,16 +230,18 @@ def build_compact(config: BuildConfig) -> BuildResult:
         raise UsageError(f"unknown bridge kind {config.bridge!r}", hint=f"choose one of: {', '.join(sorted(BRIDGES))}")
     resolved = resolve(config.model, hf=config.hf)
     kept = kept_layers(config, num_layers=resolved.num_layers)
-    check_family(resolved.model_dir, kept=kept, bridge=config.bridge)
+    bridge = check_family(resolved.model_dir, kept=kept, bridge=config.bridge, fallback=config.bridge_fallback)
     out_dir = Path(config.out_dir) if config.out_dir else default_out_dir(config.model, kept)
     if out_dir.exists() and not config.force:
         raise UsageError(f"{out_dir} already exists", hint="pass --force to replace it, or choose another --out")
     original, tokenizer = load(resolved.model_dir, LoadOptions(dtype=config.dtype))
     compact = slice_model(original, kept)
     calibration = _calibration(config, tokenizer)
-    summary = BRIDGES[config.bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
+    summary = BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
+    if bridge != config.bridge:
+        summary["asked"] = config.bridge
     source = _source_record(resolved)
-    provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": config.bridge, **summary}, "data": config.data, "dtype": config.dtype}
+    provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": bridge, **summary}, "data": config.data, "dtype": config.dtype}
     save_compact(compact, tokenizer, out_dir, provenance=provenance)
     result = BuildResult(
         out_dir=out_dir, source=source, kept=tuple(kept), num_layers_before=resolved.num_layers,
