@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -301,3 +302,39 @@ def test_a_family_defined_only_in_a_test_table(tmp_path: Path, tiny_tokenizer_di
 
     with pytest.raises(UnsupportedArchitectureError):
         families.family("mistral")
+
+
+def test_family_mxfp4_experts_copy_untouched_mxfp4_weights_without_loss(tmp_path: Path, tiny_tokenizer_dir: Path) -> None:
+    """gpt-oss ships its experts in MXFP4: experts that were MXFP4 and stay untouched come back bit for bit."""
+    import gguf
+    from safetensors.torch import load_file, save_file
+
+    model_dir = make_tiny_model(tmp_path / "oss", tiny_tokenizer_dir, arch="gpt_oss", seed=6, tied=False)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    mx = gguf.GGMLQuantizationType.MXFP4
+    for name in [k for k in weights if k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj")]:
+        stored = weights[name].float().numpy().swapaxes(-1, -2)  # rows along the input, as GGUF stores them
+        weights[name] = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(stored, mx), mx).reshape(stored.shape).swapaxes(-1, -2).copy())
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})  # as if dequantized from an MXFP4 checkpoint
+    compact = _compact_dir("gpt_oss", model_dir, [0, 1, 2], tmp_path / "compact")
+    out = export_gguf(ExportConfig(model_dir=compact, outtype="mxfp4", out=tmp_path / "m.gguf", prompts=_prompts())).path
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
+    kept = load_file(str(compact / "model.safetensors"))
+    for j in range(3):
+        down = gguf.quants.dequantize(tensors[f"blk.{j}.ffn_down_exps.weight"].data, mx)
+        hf_down = kept[f"model.layers.{j}.mlp.experts.down_proj"].numpy().swapaxes(-1, -2)
+        assert np.array_equal(down.reshape(hf_down.shape), hf_down)
+        gate = gguf.quants.dequantize(tensors[f"blk.{j}.ffn_gate_exps.weight"].data, mx)
+        hf_gate = kept[f"model.layers.{j}.mlp.experts.gate_up_proj"].numpy()[..., ::2].swapaxes(-1, -2)
+        assert np.array_equal(gate.reshape(hf_gate.shape), hf_gate)
+
+
+@pytest.mark.parametrize(("tag", "chat", "stop"), [("gemma3:270m", "gemma", "<end_of_turn>"), ("gpt-oss:20b", "harmony", "<|return|>")])
+def test_family_tags_give_the_family_chat_template(tag: str, chat: str, stop: str) -> None:
+    from ollama_slim.models.tags import lookup, parse_name
+    from ollama_slim.ollama.modelfile import chat_for
+
+    entry = lookup(parse_name(tag))
+    assert entry is not None and family(entry.arch).chat == chat == entry.chat
+    spec = chat_for(original=tag)
+    assert stop in spec.stops and spec.template and chat in spec.source
