@@ -50,7 +50,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, metavar="LIST", callback=comma_list(lambda: METHODS),
               help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
-@click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family cannot fold exactly gives way to the family's own: none for gemma3).")
+@click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
 @click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA); 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)

@@ -47,7 +47,8 @@ def check_gguf(gguf_path: str | Path, hf_dir: str | Path, prompts: list[str] | t
 
     Compares the logits of every position (``(n_tokens, vocab)`` per prompt): the
     max abs difference relative to the max abs logit, and the last-position argmax.
-    Default thresholds are the f32 ones; default prompts the 20 of the export table.
+    Default thresholds are the f32 ones; default prompts the 20 of the export table, plus,
+    for families with sliding-window layers, one prompt longer than the window.
     """
     from ollama_slim.models.modeling import load
 
@@ -55,28 +56,54 @@ def check_gguf(gguf_path: str | Path, hf_dir: str | Path, prompts: list[str] | t
     limits = thresholds or check_thresholds("f32")
     model, tokenizer = load(hf_dir)
     token_ids = [tokenizer(p).input_ids[:256] for p in prompts]
+    window = _sliding_window(model)
+    if window is not None:  # one prompt past the window, so sliding-window layers are checked as such
+        joined = [t for ids in token_ids for t in ids]
+        token_ids.append((joined * (window // max(len(joined), 1) + 2))[: window + 48])
     hf_logits = _hf_logits(model, token_ids)
     gg_logits = _llama_logits(Path(gguf_path), token_ids)
     return _compare(hf_logits, gg_logits, limits)
 
 
-def _hf_logits(model: Any, token_ids: list[list[int]]) -> list[Any]:
+def _sliding_window(model: Any) -> int | None:
+    """The window of a model whose family mixes sliding-window and full layers (None otherwise, or above 4096 tokens)."""
+    from ollama_slim.models.families import family_of
+
+    pattern = family_of(model).layer_pattern
+    window = getattr(model.config, pattern.window, None) if pattern is not None else None
+    return int(window) if window and int(window) <= 4096 else None
+
+
+def _hf_logits(model: Any, token_ids: list[list[int]], *, budget_bytes: float = 1e9) -> list[Any]:
     """``(len(ids), vocab)`` float32 logits of transformers for each token list.
 
-    One right-padded batch ``(n_prompts, max_len)``: with a causal mask, padding after
-    a prompt changes none of its positions.
+    Right-padded batches of similar lengths, each under ``budget_bytes`` of logits (a
+    262k-token vocabulary makes a padded batch large): with a causal mask, padding after a
+    prompt changes none of its positions.
     """
     import torch
 
-    width = max(len(ids) for ids in token_ids)
-    batch = torch.zeros((len(token_ids), width), dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for row, ids in enumerate(token_ids):
-        batch[row, : len(ids)] = torch.tensor(ids)
-        mask[row, : len(ids)] = 1
-    with torch.no_grad():
-        logits = model(input_ids=batch, attention_mask=mask, use_cache=False).logits.float()
-    return [logits[row, : len(ids)].numpy() for row, ids in enumerate(token_ids)]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    out: dict[int, Any] = {}
+    group: list[int] = []
+    for i in [*order, None]:
+        if i is not None and (not group or (len(group) + 1) * len(token_ids[i]) * vocab * 4 <= budget_bytes):
+            group.append(i)
+            continue
+        width = max(len(token_ids[j]) for j in group)
+        batch = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros_like(batch)
+        for row, j in enumerate(group):
+            batch[row, : len(token_ids[j])] = torch.tensor(token_ids[j])
+            mask[row, : len(token_ids[j])] = 1
+        with torch.no_grad():
+            logits = model(input_ids=batch, attention_mask=mask, use_cache=False).logits.float()
+        for row, j in enumerate(group):
+            out[j] = logits[row, : len(token_ids[j])].numpy().copy()
+        del logits
+        group = [i] if i is not None else []
+    return [out[i] for i in range(len(token_ids))]
 
 
 def _llama_logits(gguf_path: Path, token_ids: list[list[int]]) -> list[Any]:

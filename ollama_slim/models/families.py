@@ -3,7 +3,7 @@
 Adding a family means adding a table entry (usually ``"extends": "_decoder"`` plus what
 differs), never a ``model_type`` switch. Everything architecture-specific lives in the
 entry: module names, norm form, MLP kind, the layer-type pattern llama.cpp derives from
-layer indices, tokenizer kind, chat family, which bridges fold exactly, LoRA targets,
+layer indices, tokenizer kind, chat family, which bridges apply, LoRA targets,
 the GGUF tensor map (with its transforms) and extra GGUF metadata.
 """
 

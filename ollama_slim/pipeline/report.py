@@ -149,7 +149,7 @@ def render(inputs: ReportInputs) -> str:
         f"Hugging Face twin `{m.get('hf_repo') or '-'}`, weights from {m.get('source')} (`{m.get('origin')}`).",
         f"- Data: `{inputs.data}` — {inputs.dataset.get('users')} users, {inputs.dataset.get('items')} items, {inputs.dataset.get('interactions')} interactions "
         f"(leave-one-out; layer scores on train, selection on validation, figures below on test).",
-        f"- Kept layers ({len(inputs.kept)} of {inputs.num_layers}): {kept}; bridge: `{inputs.bridge}`.",
+        f"- Kept layers ({len(inputs.kept)} of {inputs.num_layers}): {kept}; bridge: {inputs.bridge}.",
         f"- Healing: {_describe_finetune(inputs.finetune)}.",
         "", f"![layer scores]({layout.scores_png.name})", "", f"![selection curve]({layout.selection_png.name})", "",
         "## Recommendation quality (test split)", "",

@@ -29,6 +29,13 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "per_user"}
 
 
+def _bridge(c: PruneConfig, layout: RunLayout) -> str:
+    """The bridge the build used (the family may not allow the one asked for), as the report says it."""
+    built = _read(layout.build_record).get("bridge") or {}
+    kind = built.get("kind", c.bridge)
+    return f"`{kind}`" if kind == c.bridge else f"`{kind}` (`{c.bridge}` asked; the {_read(layout.resolve).get('arch', '?')} family does not allow it)"
+
+
 def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
     """Write ``report.md`` for the run of ``config`` from the result files in ``layout``."""
     c = config
@@ -41,7 +48,7 @@ def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
     files = {p.name: p.stat().st_size for p in (layout.gguf, original_gguf, layout.modelfile) if p.is_file()}
     inputs = ReportInputs(
         run_dir=layout.root, model=_read(layout.resolve), slim_name=c.slim_name, data=c.data, dataset=evals["slim"].get("data", {}),
-        kept=selection.get("kept", []), num_layers=selection.get("num_layers", 0), bridge=c.bridge,
+        kept=selection.get("kept", []), num_layers=selection.get("num_layers", 0), bridge=_bridge(c, layout),
         finetune={"mode": finetune.get("mode", "lora"), "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size,
                   "final_loss": finetune.get("final_loss")},
         quality=quality, retained=_retained(evals), cross_domain=cross, bench=_read(layout.bench), export=_read(layout.export_record) or None, files=files,

@@ -48,7 +48,7 @@ class BuildConfig:
     hf: str | None = None
     force: bool = False
     run_dir: Path | None = None  # a run: selection and out_dir default to its files, the result goes to its build.json
-    bridge_fallback: bool = False  # a bridge the family cannot fold exactly gives way to the family's own (prune's default), instead of an error
+    bridge_fallback: bool = False  # a bridge the family does not allow gives way to the family's own (prune's default), instead of an error
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def check_family(model_dir: Path, *, kept: list[int], bridge: str, fallback: boo
     """What the model's family table allows: kept layers that follow its layer-type pattern, and the bridge kind (one line otherwise).
 
     Returns the bridge to build with: ``bridge``, or with ``fallback`` the family's first
-    kind when ``bridge`` does not fold exactly into it.
+    kind when the family table does not allow ``bridge``.
     """
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     fam = check_config(config)
@@ -123,7 +123,7 @@ def check_family(model_dir: Path, *, kept: list[int], bridge: str, fallback: boo
         return bridge
     if fallback:
         return next((kind for kind in fam.bridges if kind != "none"), "none")
-    raise UsageError(f"bridge {bridge!r} does not fold exactly into a {fam.name} model", hint=f"choose one of: {', '.join(fam.bridges)}")
+    raise UsageError(f"bridge {bridge!r} is not available for {fam.name} models (its fit or fold does not hold for this architecture)", hint=f"choose one of: {', '.join(fam.bridges)}")
 
 
 def read_selection(path: Path) -> dict[str, Any]:
