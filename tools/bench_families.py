@@ -64,16 +64,16 @@ def compare(gguf: Path, model_dir: Path, token_ids: list[list[int]]) -> dict:
             "tokens": int(sum(len(t) for t in token_ids))}
 
 
-def bench_model(name: str, model_dir: Path, work: Path, token_ids: list[list[int]], outtypes: list[str], *, label: str) -> list[dict]:
+def bench_model(name: str, model_dir: Path, work: Path, token_ids: list[list[int]], outtypes: list[str], *, label: str, source: dict | None = None) -> list[dict]:
     rows = []
     model, tokenizer = load(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     for rule, kept in kept_sets(name, config).items():
-        compact = work / f"{label}-{rule}"
-        save_compact(slice_model(model, kept), tokenizer, compact, provenance={"source": {"arch": name}, "num_layers": config["num_hidden_layers"], "kept": kept})
+        compact = work / f"{label}-{rule}".replace(" ", "_")
+        save_compact(slice_model(model, kept), tokenizer, compact, provenance={"source": source or {"arch": name}, "num_layers": config["num_hidden_layers"], "kept": kept})
         for outtype in outtypes:
             start = time.perf_counter()
-            gguf = export_gguf(ExportConfig(model_dir=compact, outtype=outtype, out=work / f"{label}-{rule}-{outtype}.gguf", check=False, force=True)).path
+            gguf = export_gguf(ExportConfig(model_dir=compact, outtype=outtype, out=work / f"{label}-{rule}-{outtype}.gguf".replace(" ", "_"), check=False, force=True)).path
             row = {"family": label, "kept": kept, "pattern": rule, "outtype": outtype, **compare(gguf, compact, token_ids),
                    "seconds": round(time.perf_counter() - start, 1)}
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             resolved = resolve(str(args.gemma3_gguf), offline=True)
             real = load_tokenizer(resolved.model_dir)
             long_ids = [real(" ".join(CORPUS * 12)).input_ids[:600]] + [real(p).input_ids for p in CORPUS]  # one prompt past the 512-token window
-            rows += bench_model("gemma3_text", resolved.model_dir, work, long_ids, ["f32", "q8_0"], label="gemma3 270M (real)")
+            rows += bench_model("gemma3_text", resolved.model_dir, work, long_ids, ["f32", "q8_0"], label="gemma3 270M (real)",
+                                source={"arch": "gemma3_text", "gguf_path": str(args.gemma3_gguf)})  # its SentencePiece tokenizer comes from there
     text = table(rows)
     print(text)
     if args.out:
