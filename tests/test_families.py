@@ -338,3 +338,31 @@ def test_family_tags_give_the_family_chat_template(tag: str, chat: str, stop: st
     assert entry is not None and family(entry.arch).chat == chat == entry.chat
     spec = chat_for(original=tag)
     assert stop in spec.stops and spec.template and chat in spec.source
+
+
+def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: Path) -> None:
+    """score, select, build (the family's bridge), heal (LoRA), export (mxfp4 for experts), bench, eval and the report, on the tiny model."""
+    import gguf
+
+    from toy_data import write_toy_data
+
+    name, model_dir = family_model
+    fam = family(name)
+    data = write_toy_data(tmp_path / "toy")
+    n = _config(model_dir)["num_hidden_layers"]
+    outtype = "mxfp4" if fam.mlp == "experts" else "q8_0"
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["prune", str(model_dir), "--keep", str(n // 2), "--data", str(data), "--steps", "2", "--batch-size", "2",
+                                       "--calib-users", "4", "--val-users", "4", "--eval-users", "4", "--bench-repeats", "1", "--outtype", outtype,
+                                       "--no-register", "--no-reference", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    kept = json.loads((run / "selection.json").read_text())["kept"]
+    assert len(kept) == n // 2 and matches(fam, original_types(fam, _config(model_dir)), kept)
+    bridge = json.loads((run / "build.json").read_text())["bridge"]["kind"]
+    assert bridge == ("mlp-fold" if "mlp-fold" in fam.bridges else "none")
+    check = json.loads((run / "export.json").read_text())["check"]
+    assert check["passed"], check
+    reader = gguf.GGUFReader(str(run / "model.gguf"))
+    assert reader.get_field("general.architecture").contents() == fam.gguf_arch
+    assert reader.get_field(f"{fam.gguf_arch}.block_count").contents() == n // 2
+    assert "slim (healed)" in (run / "report.md").read_text()
