@@ -36,6 +36,7 @@ FEEDS: dict[str, set[str]] = {
     "eval_users": {"eval"},
     "history": PROMPT,
     "title_words": PROMPT,
+    "task_format": PROMPT,
     "reference": {"reference", "eval"},
     "cross_domain": {"eval"},
     "host": {"register"},
@@ -52,7 +53,7 @@ def _base(tmp_path: Path) -> PruneConfig:
 def _other(name: str, value: Any, tmp_path: Path) -> Any:
     """A different value for field ``name`` of the right kind."""
     special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
-               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin")}
+               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat"}
     if name in special:
         return special[name]
     if isinstance(value, bool):
@@ -103,3 +104,15 @@ def test_history_reruns_score_and_select_and_the_report_shows_the_export_check(t
     again = prune(dataclasses.replace(config, history=config.history + 5))
     assert again.skipped == ["resolve"] and again.ran[:2] == ["score", "select"]
     assert prune(dataclasses.replace(config, history=config.history + 5)).ran == []
+
+
+def test_options_added_later_leave_a_finished_runs_keys_alone(tmp_path: Path) -> None:
+    """A new option at its default (task_format, the prompt's chat, the build's bridge fallback) is not in any key."""
+    from ollama_slim.pipeline.runner import KEY_LATER
+
+    base = _base(tmp_path)
+    text = json.dumps(stage_options(base, RunLayout(base.root())), default=str)
+    for name in KEY_LATER:
+        assert f'"{name}"' not in text, name
+    chat = json.dumps(stage_options(dataclasses.replace(base, task_format="chat"), RunLayout(base.root())), default=str)
+    assert '"chat"' in chat and '"task_format"' in chat

@@ -45,7 +45,7 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
-        out_dir=out_dir, bridge=bridge, data=data, dtype=dtype, hf=hf, force=force, run_dir=run_dir,
+        out_dir=out_dir, bridge=bridge, data=data, dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
     )
     with working(f"Building a compact {model}..."):
         result = build_compact(config)

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from ollama_slim.recsys.prompt import TASK_FORMATS
 from ollama_slim.cli.display import stage_display, verbose_option
 from ollama_slim.cli.options import RegistryChoice, comma_list
 from ollama_slim.gguf.export import outtypes
@@ -68,6 +69,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--eval-users", type=int, default=_DEFAULTS.eval_users, show_default=True, help="Test users for the report's quality figures.")
 @click.option("--history", type=int, default=_DEFAULTS.history, show_default=True, help="History titles in the prompt.")
 @click.option("--title-words", type=int, default=_DEFAULTS.title_words, show_default=True, help="Titles cut to this many words in prompts.")
+@click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS.task_format, show_default=True,
+              help="chat: score, select, heal and rank in the prompt `ollama run` sends (the chat template, the SYSTEM task, the history as a user message), "
+                   "the title as the answer closed by end-of-turn; completion: a raw prompt.")
 @click.option("--bench-repeats", type=int, default=_DEFAULTS.bench_repeats, show_default=True, help="Speed benchmark rounds (medians).")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
 @click.option("--reference/--no-reference", default=None, help="Fine-tune the full model with the same budget for 'quality retained' [default: on with a GPU].")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ollama_slim.tables import table
 from ollama_slim import paths
-from ollama_slim.errors import ExportError, OllamaError, SlimError
+from ollama_slim.errors import ExportError, OllamaError, SlimError, UsageError
 from ollama_slim.ollama.api import ApiOptions
 from ollama_slim.pipeline.layout import RunLayout
 
@@ -471,3 +471,44 @@ def write_modelfile_for(gguf: Path, *, chat: ChatSpec, out: Path | None = None, 
     """Write the Modelfile of ``gguf`` (beside it unless ``out``); ``ollama create -f`` takes it as is."""
     out = Path(out) if out else modelfile_path_for(gguf)
     return write_modelfile(out, modelfile_spec_for(gguf, chat=chat, out=out, system=system, license_text=license_text))
+
+
+def chat_prompt_of(model: str | Path, *, seed: int = 0) -> Any:
+    """The chat task format of ``model`` (:class:`~ollama_slim.recsys.prompt.ChatPrompt`): the
+    TEMPLATE ``ollama run`` uses for it and the end of an answer's turn. ``model``: a GGUF (its
+    Modelfile, else :func:`chat_for`), a model directory (its original's chat family, else its
+    own chat template, else its family's), or an Ollama tag (the tag table's family). A clear
+    error when none is known."""
+    from ollama_slim.recsys.prompt import ChatPrompt, end_of_turn
+
+    spec = _chat_spec_of(str(model))
+    if spec is None or spec.template is None:
+        raise UsageError(f"no chat template is known for {model}", hint="use a model with a chat template, or --task-format completion")
+    return ChatPrompt(template=spec.template, end=end_of_turn(spec.template, spec.stops), seed=seed)
+
+
+def _chat_spec_of(ref: str) -> ChatSpec | None:
+    from ollama_slim.slimming.build import read_provenance
+
+    if ref.endswith(".gguf") and Path(ref).is_file():
+        from ollama_slim.ollama.chat import chat_format
+
+        try:
+            found = chat_format(gguf=Path(ref))
+        except SlimError:
+            return None
+        return ChatSpec(template=found.template, stops=found.stops, source=found.source)
+    if not Path(ref).is_dir():
+        return chat_for(original=ref)
+    source = read_provenance(ref).get("source") or {}
+    spec = chat_for(original=source.get("tag"), chat=source.get("chat") if source.get("chat") in _chat_families() else None)
+    jinja = Path(ref) / "chat_template.jinja"
+    if spec.template is None and jinja.is_file():
+        spec = chat_from_jinja(jinja.read_text(encoding="utf-8")) or spec
+    config = Path(ref) / "config.json"
+    if spec.template is None and config.is_file():
+        from ollama_slim.models.families import family
+
+        chat = family(json.loads(config.read_text(encoding="utf-8")).get("model_type", "?")).chat
+        spec = chat_family(chat) if chat in _chat_families() else spec
+    return spec

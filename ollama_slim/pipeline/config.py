@@ -42,6 +42,7 @@ class PruneConfig:
     eval_users: int = 100
     history: int = 5
     title_words: int = 10
+    task_format: str = "completion"  # or "chat": score, select, heal and rank in the prompt `ollama run` sends (recsys.prompt)
     reference: bool | None = None  # None: on when a GPU makes the budget affordable
     cross_domain: str | None = None
     host: str | None = None

@@ -26,6 +26,9 @@ from ollama_slim.pipeline.layout import RunLayout
 # replace files, how it is placed or checkpointed, which stage a rerun starts from. The
 # one place that says so; every other field of a stage config is part of its key.
 OUTPUT_NEUTRAL = frozenset({"run_dir", "out_dir", "out", "force", "from_stage", "device_map", "cache_gb", "checkpoint_every"})
+# Fields added after runs existed, left out of a key while at their default, so a finished
+# run's stages keep their keys (and are not redone) when a new option appears.
+KEY_LATER = {"chat": None, "task_format": "completion", "bridge_fallback": True}
 
 
 def config_key(config: Any, *, root: Path) -> Any:
@@ -36,7 +39,8 @@ def config_key(config: Any, *, root: Path) -> Any:
     copied keeps its keys.
     """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return {f.name: config_key(getattr(config, f.name), root=root) for f in dataclasses.fields(config) if f.name not in OUTPUT_NEUTRAL}
+        return {f.name: config_key(getattr(config, f.name), root=root) for f in dataclasses.fields(config)
+                if f.name not in OUTPUT_NEUTRAL and not (f.name in KEY_LATER and getattr(config, f.name) == KEY_LATER[f.name])}
     if isinstance(config, dict):
         return {str(k): config_key(v, root=root) for k, v in config.items()}
     if isinstance(config, (list, tuple)):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ollama_slim.ollama.modelfile import chat_prompt_of
 from ollama_slim import paths
 from ollama_slim.bench.speed import BenchConfig, bench
 from ollama_slim.gguf.run_export import RunExportConfig, export_run
@@ -44,7 +45,8 @@ class Stage:
 
 
 def _prompt(c: PruneConfig) -> PromptConfig:
-    return PromptConfig(history=c.history, title_words=c.title_words)
+    chat = chat_prompt_of(c.model, seed=c.seed) if c.task_format == "chat" else None
+    return PromptConfig(history=c.history, title_words=c.title_words, chat=chat)
 
 
 # -- resolve, score, select, build ----------------------------------------------------
@@ -66,7 +68,7 @@ def _select_config(c: PruneConfig, layout: RunLayout) -> SelectConfig:
 
 def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:
     return BuildConfig(model=c.model, hf=c.hf, selection=layout.selection, out_dir=layout.compact_dir, bridge=c.bridge, data=c.data,
-                       force=True, run_dir=layout.root, bridge_fallback=True)
+                       force=True, run_dir=layout.root)
 
 
 # -- finetune, reference ---------------------------------------------------------------
@@ -76,7 +78,7 @@ def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: 
     """The one healing recipe of a run, for the slim model and the reference alike."""
     return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
                           rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, checkpoint_every=c.checkpoint_every, seed=c.seed,
-                          history=c.history, title_words=c.title_words, force=True, run_dir=run_dir)
+                          history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format)
 
 
 def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
@@ -135,7 +137,7 @@ def _bench_config(c: PruneConfig, layout: RunLayout) -> BenchConfig:
 def _eval_config(c: PruneConfig, layout: RunLayout) -> dict[str, tuple[str, EvalConfig]]:
     """label -> (which model, its evaluation): each writes ``eval_<label>.json``."""
     return {label: (which, EvalConfig(data=data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed,
-                                      backend="transformers", run_dir=layout.root, label=label))
+                                      backend="transformers", run_dir=layout.root, label=label, task_format=c.task_format))
             for label, (which, data) in c.eval_targets().items()}
 
 

@@ -23,8 +23,9 @@ from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.recsys.data import CandidateSampler, Dataset, Example, examples, load_dataset, select_users, train_popularity
 from ollama_slim.errors import DataError, UsageError
 from ollama_slim.recsys.metrics import METRICS, Interval, bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline, summarise
-from ollama_slim.recsys.prompt import PromptConfig, candidate_text, encode_candidates, encode_prompt, prompt_text
+from ollama_slim.recsys.prompt import TASK_FORMATS, ChatPrompt, PromptConfig, encode_items
 from ollama_slim.recsys.scorers import Scorer, ScorerOptions, backend_for, make_scorer
+from ollama_slim.ollama.modelfile import chat_prompt_of
 
 EVAL_SPLITS = ("valid", "test")
 REGIMES = ("uniform", "popularity")
@@ -53,6 +54,7 @@ class EvalConfig:
     dtype: str = "float32"
     resamples: int = 1000
     threads: int | None = None
+    task_format: str = "completion"  # or "chat": the prompt as `ollama run` renders it (recsys.prompt)
     run_dir: Path | None = None  # a run: the result also goes to its eval_<label>.json
     label: str = "model"
 
@@ -66,14 +68,19 @@ class EvalConfig:
             (self.title_tokens > 0 and self.title_words > 0, "title lengths must be positive", "use --title-tokens 16"),
             (self.batch > 0 and self.resamples > 0, "batch and resamples must be positive", "keep the defaults"),
             (self.threads is None or self.threads > 0, f"--threads must be positive, got {self.threads}", "omit it to use every core"),
+            (self.task_format in TASK_FORMATS, f"--task-format {self.task_format!r} is not one of {', '.join(TASK_FORMATS)}", "use completion or chat"),
             (bool(_LABEL.match(self.label)), f"--label {self.label!r} cannot be part of a file name", "use letters, digits, '.', '_' or '-', e.g. --label slim"),
         ]
         for ok, message, hint in checks:
             if not ok:
                 raise UsageError(message, hint=hint)
 
-    def prompt_config(self) -> PromptConfig:
-        return PromptConfig(history=self.history, title_words=self.title_words, title_tokens=self.title_tokens)
+    def prompt_config(self, chat: ChatPrompt | None = None) -> PromptConfig:
+        """The prompt of this evaluation; the chat format needs the model's ``chat`` format."""
+        chat = chat if self.task_format == "chat" else None
+        if self.task_format == "chat" and chat is None:
+            raise UsageError("--task-format chat needs the model's chat template", hint="evaluate a model with a chat template, or use --task-format completion")
+        return PromptConfig(history=self.history, title_words=self.title_words, title_tokens=self.title_tokens, chat=chat)
 
     def scorer_options(self) -> ScorerOptions:
         return ScorerOptions(batch=self.batch, dtype=self.dtype, threads=self.threads)
@@ -102,15 +109,14 @@ def prepare_cases(dataset: Dataset, config: EvalConfig) -> list[Case]:
 
 def encode_case(tokenizer: Any, dataset: Dataset, case: Case, prompt: PromptConfig) -> tuple[list[int], list[list[int]]]:
     """``(prompt_ids [P], candidate_ids [C][<= title_tokens])`` of one case."""
-    ids = encode_prompt(tokenizer, prompt_text(dataset, case.example, prompt))
-    texts = [candidate_text(dataset, item, prompt) for item in case.candidates]
-    return ids, encode_candidates(tokenizer, texts, prompt)
+    return encode_items(tokenizer, dataset, case.example, case.candidates, prompt)
 
 
-def score_cases(scorer: Scorer, dataset: Dataset, cases: list[Case], config: EvalConfig, *, layers: list[int] | None = None, progress: Progress | None = None) -> tuple[np.ndarray, int]:
+def score_cases(scorer: Scorer, dataset: Dataset, cases: list[Case], config: EvalConfig, *, layers: list[int] | None = None, progress: Progress | None = None,
+                prompt: PromptConfig | None = None) -> tuple[np.ndarray, int]:
     """``(scores [U, C], tokens)``: each case's candidate scores (target in column 0) and
     the number of tokens run (prompt once + every candidate token)."""
-    prompt_config = config.prompt_config()
+    prompt_config = prompt if prompt is not None else config.prompt_config()
     rows, tokens = [], 0
     with scorer.using_layers(layers):
         for done, case in enumerate(cases, start=1):
@@ -174,8 +180,10 @@ def evaluate(model: str | Scorer, config: EvalConfig, *, layers: list[int] | Non
         scorer = make_scorer(model, backend=backend, options=config.scorer_options())
     else:
         name, backend, scorer = getattr(model, "name", "model"), getattr(model, "name", "custom"), model
+    chat = chat_prompt_of(model, seed=config.seed) if config.task_format == "chat" and isinstance(model, str) else getattr(scorer, "chat", None)
+    prompt = config.prompt_config(chat)
     start = time.perf_counter()
-    scores, tokens = score_cases(scorer, dataset, cases, config, layers=layers, progress=progress)
+    scores, tokens = score_cases(scorer, dataset, cases, config, layers=layers, progress=progress, prompt=prompt)
     seconds = time.perf_counter() - start
     values = per_user_metrics(scores)
     pop_values = per_user_metrics(popularity_scores(dataset, cases))

@@ -132,13 +132,13 @@ class LlamaCppTokenizer:
         self.eos_token_id = eos if eos >= 0 else None
         self.pad_token_id = self.eos_token_id
 
-    def _ids(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+    def _ids(self, text: str, bos: bool) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True))  # special-token text (a chat template's) parsed, as HF does
 
     def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict[str, Any]:
         if isinstance(text, str):
-            return {"input_ids": self._ids(text)}
-        return {"input_ids": [self._ids(t) for t in text]}
+            return {"input_ids": self._ids(text, add_special_tokens)}
+        return {"input_ids": [self._ids(t, add_special_tokens) for t in text]}
 
 
 class LlamaCppScorer:

@@ -48,7 +48,7 @@ class BuildConfig:
     hf: str | None = None
     force: bool = False
     run_dir: Path | None = None  # a run: selection and out_dir default to its files, the result goes to its build.json
-    bridge_fallback: bool = False  # a bridge the family does not allow gives way to the family's own (prune's default), instead of an error
+    bridge_fallback: bool = True  # a bridge the family does not allow gives way to the family's own (prune); the build command says so as an error instead
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_slim.errors import UsageError
+from ollama_slim.recsys.prompt import TASK_FORMATS
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class FinetuneConfig:
     history: int = 5
     title_words: int = 10
     title_tokens: int = 16
+    task_format: str = "completion"  # or "chat": train on the prompt as `ollama run` renders it, the answer closed by end-of-turn
+    chat: Any = None  # the model's ChatPrompt for the chat format (found by the stage; not a setting)
     users: int | None = None
     mixed_precision: str | None = None  # None: what `accelerate launch` says (no on CPU)
     hf: str | None = None
@@ -86,7 +89,7 @@ class FinetuneConfig:
         settings without negatives...), and so is every option added later while it is at
         its default, so checkpoints made before they existed still resume.
         """
-        skip = {"out_dir", "checkpoint_every", "force", "mixed_precision", "run_dir"}
+        skip = {"out_dir", "checkpoint_every", "force", "mixed_precision", "run_dir", "chat"}
         for switch, dependent in _DEPENDENT.items():
             if not getattr(self, switch):
                 skip |= {switch, *dependent}
@@ -104,7 +107,7 @@ _DEPENDENT = {
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
-          "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives")
+          "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -156,6 +159,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--rank-negatives must be 0 or more, got {config.rank_negatives}", hint="0 trains on the title loss alone")
     if not 0.0 <= config.rank_weight <= 1.0:
         raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
+    if config.task_format not in TASK_FORMATS:
+        raise UsageError(f"--task-format {config.task_format!r} is not one of {', '.join(TASK_FORMATS)}", hint="use completion or chat")
     _check_regimes(config)
     _check_distillation(config)
     _check_early_stop(config)

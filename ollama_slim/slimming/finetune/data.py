@@ -118,16 +118,15 @@ def prompt_config(config: FinetuneConfig) -> Any:
     """The :class:`~ollama_slim.recsys.prompt.PromptConfig` of ``config``."""
     from ollama_slim.recsys.prompt import PromptConfig
 
-    return PromptConfig(history=config.history, title_words=config.title_words, title_tokens=config.title_tokens)
+    if config.task_format == "chat" and config.chat is None:
+        raise UsageError("--task-format chat needs the model's chat template", hint="fine-tune a model with a chat template, or use --task-format completion")
+    chat = config.chat if config.task_format == "chat" else None
+    return PromptConfig(history=config.history, title_words=config.title_words, title_tokens=config.title_tokens, chat=chat)
 
 
 def encode_rows(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None) -> list[Row]:
     """``(prompt_ids, [target_ids, negative_ids...])`` per example, encoded like evaluation."""
-    from ollama_slim.recsys.prompt import candidate_text, encode_candidates, encode_prompt, prompt_text
+    from ollama_slim.recsys.prompt import encode_items
 
     prompt = prompt_config(config)
-    rows = []
-    for example, negs in zip(batch, negatives or [()] * len(batch)):
-        texts = [candidate_text(dataset, item, prompt) for item in (example.target, *negs)]
-        rows.append((encode_prompt(tokenizer, prompt_text(dataset, example, prompt)), encode_candidates(tokenizer, texts, prompt)))
-    return rows
+    return [encode_items(tokenizer, dataset, example, (example.target, *negs), prompt) for example, negs in zip(batch, negatives or [()] * len(batch))]

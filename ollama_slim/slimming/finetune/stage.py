@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +33,10 @@ def finetune(config: FinetuneConfig, *, on_step: Callable[[FinetuneProgress], No
     began = time.perf_counter()
     check_config(config)
     where = places(config)
+    if config.task_format == "chat" and config.chat is None:
+        from ollama_slim.ollama.modelfile import chat_prompt_of
+
+        config = replace(config, chat=chat_prompt_of(where.model_dir, seed=config.seed))
     if where.out_dir.exists() and not config.force and latest_checkpoint(where.checkpoint_dir) is None:
         raise UsageError(f"{where.out_dir} already exists", hint="pass --force to replace it, or choose another --out")
     dataset = load_dataset(config.data)

@@ -15,7 +15,7 @@ import torch
 
 from ollama_slim.recsys.data import CandidateSampler, Dataset, Example, examples, select_users
 from ollama_slim.recsys.metrics import per_user_metrics, random_baseline
-from ollama_slim.recsys.prompt import PromptConfig, candidate_text, encode_candidates, encode_prompt, prompt_text
+from ollama_slim.recsys.prompt import PromptConfig, encode_items
 from ollama_slim.models.lm import LayerRunner, PackedBatch, pack
 from ollama_slim.slimming.importance.subsets import PrefixCache
 
@@ -40,10 +40,8 @@ def build_probe(tokenizer: Any, dataset: Dataset, items: list[Example], *, sampl
     """Encode and pack ``items``: the target title alone, or all ``sampler`` candidates."""
     rows = []
     for example in items:
-        ids = encode_prompt(tokenizer, prompt_text(dataset, example, prompt))
         cands = sampler(example) if sampler is not None else (example.target,)
-        conts = encode_candidates(tokenizer, [candidate_text(dataset, i, prompt) for i in cands], prompt)
-        rows.append((ids, conts))
+        rows.append(encode_items(tokenizer, dataset, example, cands, prompt))
     rows.sort(key=lambda r: len(r[0]) + sum(len(c) for c in r[1]))  # less padding per batch
     pad = tokenizer.pad_token_id or 0
     batches = [pack(rows[i : i + batch_size], dtype=dtype, pad_id=pad, first_example=i) for i in range(0, len(rows), batch_size)]
