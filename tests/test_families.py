@@ -365,4 +365,7 @@ def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: 
     reader = gguf.GGUFReader(str(run / "model.gguf"))
     assert reader.get_field("general.architecture").contents() == fam.gguf_arch
     assert reader.get_field(f"{fam.gguf_arch}.block_count").contents() == n // 2
-    assert "slim (healed)" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "slim (healed)" in report and f"slim as shipped ({outtype} GGUF through llama.cpp)" in report
+    shipped = json.loads((run / "eval_shipped.json").read_text())
+    assert shipped["backend"] == "llama-cpp" and shipped["model"].endswith("model.gguf")

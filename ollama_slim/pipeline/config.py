@@ -78,8 +78,8 @@ class PruneConfig:
         return self.use_reference() and self.steps > 0
 
     def eval_targets(self) -> dict[str, tuple[str, str]]:
-        """label -> (which model, data set): original zero-shot, slim, reference, cross-domain."""
-        targets = {"original": ("original", self.data), "slim": ("slim", self.data)}
+        """label -> (which model, data set): original zero-shot, slim, the shipped GGUF, reference, cross-domain."""
+        targets = {"original": ("original", self.data), "slim": ("slim", self.data), "shipped": ("shipped", self.data)}
         if self.wants_reference():
             targets["reference"] = ("reference", self.data)
         if self.cross_domain:

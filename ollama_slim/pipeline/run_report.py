@@ -40,7 +40,8 @@ def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
     """Write ``report.md`` for the run of ``config`` from the result files in ``layout``."""
     c = config
     evals = {label: _read(layout.eval_record(label)) for label in c.eval_targets()}
-    labels = {"original": "original (zero-shot)", "slim": "slim (healed)", "reference": "reference: full model fine-tuned, same budget"}
+    labels = {"original": "original (zero-shot)", "slim": "slim (healed)", "shipped": f"slim as shipped ({c.outtype} GGUF through llama.cpp)",
+              "reference": "reference: full model fine-tuned, same budget"}
     quality = {labels[k]: _strip(v) for k, v in evals.items() if k in labels}
     cross = {labels[k.removeprefix("cross_")] + f" on {c.cross_domain}": _strip(v) for k, v in evals.items() if k.startswith("cross_")}
     selection, finetune, register = _read(layout.selection), _read(layout.finetune_record), _read(layout.register)

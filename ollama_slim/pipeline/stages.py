@@ -137,7 +137,8 @@ def _bench_config(c: PruneConfig, layout: RunLayout) -> BenchConfig:
 def _eval_config(c: PruneConfig, layout: RunLayout) -> dict[str, tuple[str, EvalConfig]]:
     """label -> (which model, its evaluation): each writes ``eval_<label>.json``."""
     return {label: (which, EvalConfig(data=data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed,
-                                      backend="transformers", run_dir=layout.root, label=label, task_format=c.task_format))
+                                      backend="llama-cpp" if which == "shipped" else "transformers", run_dir=layout.root, label=label,
+                                      task_format=c.task_format))
             for label, (which, data) in c.eval_targets().items()}
 
 
@@ -148,9 +149,11 @@ def _run_eval(targets: dict[str, tuple[str, EvalConfig]], layout: RunLayout, say
 
 
 def _model_for(which: str, layout: RunLayout) -> str:
-    """The directory of ``original`` (as resolved), ``slim`` (healed) or ``reference``."""
+    """The directory of ``original`` (as resolved), ``slim`` (healed) or ``reference``; the GGUF for ``shipped``."""
     if which == "original":
         return paths.read_json(layout.resolve)["model_dir"]
+    if which == "shipped":
+        return str(layout.gguf)
     return str(layout.healed_dir if which == "slim" else layout.reference_dir)
 
 
