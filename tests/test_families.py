@@ -369,3 +369,6 @@ def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: 
     assert "slim (healed)" in report and f"slim as shipped ({outtype} GGUF through llama.cpp)" in report
     shipped = json.loads((run / "eval_shipped.json").read_text())
     assert shipped["backend"] == "llama-cpp" and shipped["model"].endswith("model.gguf")
+    asked = json.loads((run / "generation_slim.json").read_text())
+    assert asked["users"] == 4 and set(asked["figures"]) >= {"title", "new_title", "target"} and asked["chat"]["system"]
+    assert "## Asked in chat" in report and "Example 1 (slim)" in report

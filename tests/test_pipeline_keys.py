@@ -28,7 +28,7 @@ FEEDS: dict[str, set[str]] = {
     "strategy": {"select"},
     "bridge": {"build"},
     "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING,
-    "outtype": {"export", "bench"},  # bench times the original exported at that outtype
+    "outtype": {"export", "bench", "eval"},  # bench times the original exported at that outtype; eval asks it in chat
     "register": {"register"},
     "hf": {"resolve", "score", "select", "build", "reference"},
     "calib_users": {"score"},

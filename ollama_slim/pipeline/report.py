@@ -41,6 +41,7 @@ class ReportInputs:
     commands: list[str] = field(default_factory=list)
     registered: str | None = None
     notes: list[str] = field(default_factory=list)
+    generation: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> GenerationResult.to_json(): asked in chat
 
 
 def _fmt(interval: dict[str, float] | float) -> str:
@@ -157,6 +158,8 @@ def render(inputs: ReportInputs) -> str:
     ]
     if inputs.cross_domain:
         lines += ["## Cross-domain check", "", *quality_table(inputs.cross_domain), ""]
+    if inputs.generation:
+        lines += ["## Asked in chat (as `ollama run` asks it)", "", *generation_lines(inputs.generation), ""]
     lines += ["## Speed", "", *_speed_lines(inputs.bench), "", f"![speed vs quality]({layout.speed_quality_png.name})", ""]
     lines += ["## Export check (llama.cpp against transformers)", "", *_export_lines(inputs.export), ""]
     lines += _files_and_timings(inputs)
@@ -164,6 +167,35 @@ def render(inputs: ReportInputs) -> str:
     if inputs.notes:
         lines += ["## Notes", "", *[f"- {n}" for n in inputs.notes], ""]
     return "\n".join(lines)
+
+
+GENERATION_COLUMNS = (("title", "a catalogue title"), ("new_title", "a title the user did not list"), ("target", "the held-out next item"),
+                      ("target_or_top10", "the target, or ranked top-10"))
+
+
+def generation_lines(generation: dict[str, dict[str, Any]]) -> list[str]:
+    """The chat measure: shares of users whose greedy answer is a catalogue title..., distinct answers, and example conversations."""
+    first = next(iter(generation.values()))
+    config = first.get("config", {})
+    lines = [f"Each of {first.get('users')} test users asks the GGUF in one of the phrasings {', '.join(config.get('phrasings', []))} "
+             f"(never used in healing), with the Modelfile's TEMPLATE and SYSTEM; greedy answers of at most {config.get('max_tokens')} tokens, "
+             "matched to the catalogue (normalised; a year, when given, must be right). Shares of users, 95% intervals:", "",
+             "| model | " + " | ".join(name for _, name in GENERATION_COLUMNS) + " | distinct answers | most common answer |",
+             "|---|" + "---|" * (len(GENERATION_COLUMNS) + 2)]
+    for label, result in generation.items():
+        figures = result.get("figures", {})
+        cells = [_fmt(figures[key]) if key in figures else "-" for key, _ in GENERATION_COLUMNS]
+        top = result.get("top_answer", {})
+        answer = str(top.get("answer", "")).replace("|", "\\|").replace("\n", " ")[:40]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {result.get('distinct', 0):.2f} | `{answer}` ({top.get('users', 0)} users) |")
+    examples = next((r.get("examples") for label, r in generation.items() if label.startswith("slim")), None) or []
+    for n, example in enumerate(examples, start=1):
+        said = str(example.get("message", "")).replace("\n", " / ")
+        verdict = ("the target" if example.get("target") else "a catalogue title the user did not list" if example.get("new_title")
+                   else "a title the user listed" if example.get("title") else "not a catalogue title")
+        lines += ["", f"Example {n} (slim): user: \"{said}\" -> answer: \"{example.get('answer', '')}\": {verdict} "
+                      f"(the held-out next item: {example.get('target_title', '?')})"]
+    return lines
 
 
 def _export_lines(export: dict[str, Any] | None) -> list[str]:

@@ -25,6 +25,7 @@ from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.run_report import write_run_report
 from ollama_slim.pipeline.runner import config_key
 from ollama_slim.recsys.evaluate import EvalConfig, evaluate
+from ollama_slim.recsys.generation import GenerationConfig, evaluate_generation
 from ollama_slim.recsys.prompt import PromptConfig
 from ollama_slim.slimming.build import BuildConfig, build_compact
 from ollama_slim.slimming.finetune import FinetuneConfig, finetune
@@ -142,10 +143,31 @@ def _eval_config(c: PruneConfig, layout: RunLayout) -> dict[str, tuple[str, Eval
             for label, (which, data) in c.eval_targets().items()}
 
 
-def _run_eval(targets: dict[str, tuple[str, EvalConfig]], layout: RunLayout, say: Say) -> None:
-    for label, (which, config) in targets.items():
+def _generate_config(c: PruneConfig, layout: RunLayout) -> dict[str, GenerationConfig]:
+    """label -> the chat measure of the shipped GGUF (``slim``) and of the original's GGUF asked the slim model's way (``original``)."""
+    def cases(label: str) -> EvalConfig:
+        return EvalConfig(data=c.data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed, run_dir=layout.root, label=label)
+
+    return {"slim": GenerationConfig(cases=cases("slim")), "original": GenerationConfig(cases=cases("original"), modelfile=layout.modelfile)}
+
+
+def _evals(c: PruneConfig, layout: RunLayout) -> dict[str, Any]:
+    """The eval stage: rankings (``eval_<label>.json``) and, on the GGUFs, answers in chat (``generation_<label>.json``)."""
+    return {"rank": _eval_config(c, layout), "generate": _generate_config(c, layout), "outtype": c.outtype}
+
+
+def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
+    for label, (which, config) in evals["rank"].items():
         say(f"eval: {label} on {config.data}")
         evaluate(_model_for(which, layout), config, progress=lambda done, total, label=label: say(f"eval: {label} {done}/{total} users"))
+    ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original"))}
+    for label, config in evals["generate"].items():
+        gguf, ranks = ggufs[label]
+        evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
+
+
+def _eval_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
+    return [*(layout.eval_record(label) for label in c.eval_targets()), *(layout.generation_record(label) for label in ("slim", "original"))]
 
 
 def _model_for(which: str, layout: RunLayout) -> str:
@@ -167,7 +189,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage("export", _export_config, _export_outputs, lambda config, layout, say: export_run(config)),
     Stage("register", _register_config, lambda c, layout: [layout.register], _run_register),
     Stage("bench", _bench_config, lambda c, layout: [layout.bench], lambda config, layout, say: bench(config)),
-    Stage("eval", _eval_config, lambda c, layout: [layout.eval_record(label) for label in c.eval_targets()], _run_eval),
+    Stage("eval", _evals, _eval_outputs, _run_eval),
     Stage("report", lambda c, layout: c, lambda c, layout: [layout.report], lambda config, layout, say: write_run_report(config, layout)),
 )
 STAGES = tuple(stage.name for stage in STAGE_TABLE)
