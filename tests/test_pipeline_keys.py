@@ -22,6 +22,7 @@ PROMPT = {"score", "select", "finetune", "reference", "eval"}  # every stage tha
 FEEDS: dict[str, set[str]] = {
     "model": {"resolve", "score", "build", "reference", "register"},  # register: the default name comes from the model
     "keep": {"select"},
+    "min_retained": {"select"},
     "name": {"register"},
     "data": {"score", "select", "build", "eval"} | HEALING,
     "methods": {"score"},
@@ -53,7 +54,7 @@ def _base(tmp_path: Path) -> PruneConfig:
 def _other(name: str, value: Any, tmp_path: Path) -> Any:
     """A different value for field ``name`` of the right kind."""
     special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
-               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat"}
+               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat", "min_retained": 0.9}
     if name in special:
         return special[name]
     if isinstance(value, bool):

@@ -119,6 +119,8 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--keep", "10", "--strategy", "greedy"], "--strategy 'greedy' is not known"),
         (["prune", "smollm2:135m", "--keep", "10", "--name", "bad name!"], "not a valid Ollama model name"),
         (["prune", "smollm2:135m"], "prune needs MODEL and --keep"),
+        (["prune", "smollm2:135m", "--keep", "8", "--min-retained", "0.9"], "give either --keep or --min-retained (exactly one)"),
+        (["prune", "smollm2:135m", "--min-retained", "1.5"], "--min-retained must be in (0, 1]"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-weight", "2"], "--rank-weight must be between 0 and 1"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "-1"], "--rank-negatives must be 0 or more"),
     ]:

@@ -46,6 +46,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
               help="YAML file of options (e.g. examples/qwen2.5-amazon.yaml); command-line options win.")
 @click.option("--keep", type=int, help="How many decoder layers to keep.")
+@click.option("--min-retained", type=float, help="Instead of --keep: remove layers while validation NDCG@10 keeps this share of the full model's lift over chance (e.g. 0.9).")
 @click.option("--name", help="Ollama name of the slim model [default: <family>-slim].")
 @click.option("--data", default=_DEFAULTS.data, show_default=True, help="Data set name or directory (train for scores/healing, valid for selection, test for the report).")
 @click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, metavar="LIST", callback=comma_list(lambda: METHODS),
@@ -97,8 +98,8 @@ def command(model: str | None, keep: int | None, **options: Any) -> None:
     from ollama_slim.errors import UsageError
     from ollama_slim.pipeline.prune import prune
 
-    if model is None or keep is None:
-        raise UsageError("prune needs MODEL and --keep", hint="e.g. ollama-slim prune smollm2:135m --keep 10")
+    if model is None or (keep is None and options.get("min_retained") is None):
+        raise UsageError("prune needs MODEL and --keep (or --min-retained)", hint="e.g. ollama-slim prune smollm2:135m --keep 10")
     config = PruneConfig(model=model, keep=keep, **options)
     console = Console(stderr=True, highlight=False)
     console.print(escape(f"ollama-slim prune {model} -> {config.slim_name} in {config.root()}"))

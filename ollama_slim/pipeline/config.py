@@ -19,7 +19,7 @@ class PruneConfig:
     """Every option of ``prune``; defaults are the choices the benchmarks measured best."""
 
     model: str
-    keep: int
+    keep: int | None  # or, with min_retained, as few as keep that share of the full model's validation lift
     name: str | None = None
     data: str = "movielens-100k"
     methods: tuple[str, ...] = ("ablation",)  # tools/bench_select.py: 10.03 val loss vs 10.95 fused with block influence + angular
@@ -42,6 +42,7 @@ class PruneConfig:
     eval_users: int = 100
     history: int = 5
     title_words: int = 10
+    min_retained: float | None = None  # the selection stop rule: remove layers while validation NDCG@10 lift stays above this share
     task_format: str = "completion"  # or "chat": score, select, heal and rank in the prompt `ollama run` sends (recsys.prompt)
     reference: bool | None = None  # None: on when a GPU makes the budget affordable
     cross_domain: str | None = None
@@ -90,7 +91,7 @@ class PruneConfig:
 def command_line(config: PruneConfig) -> str:
     """The ``ollama-slim prune`` command that reproduces ``config``."""
     defaults = PruneConfig(model=config.model, keep=config.keep)
-    parts = ["ollama-slim", "prune", config.model, "--keep", str(config.keep)]
+    parts = ["ollama-slim", "prune", config.model, *(["--keep", str(config.keep)] if config.keep is not None else [])]
     for key, value in asdict(config).items():
         if key in ("model", "keep", "from_stage", "force") or value == getattr(defaults, key):
             continue

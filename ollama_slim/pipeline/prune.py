@@ -48,8 +48,12 @@ class PruneResult:
 
 def check_config(config: PruneConfig) -> None:
     """Fail fast, before any model is loaded, on options that cannot work."""
-    if config.keep <= 0:
+    if (config.keep is None) == (config.min_retained is None):
+        raise UsageError("give either --keep or --min-retained (exactly one)", hint="e.g. --keep 10, or --min-retained 0.9 to remove layers while 90% of the validation lift stays")
+    if config.keep is not None and config.keep <= 0:
         raise UsageError(f"--keep must be at least 1, got {config.keep}", hint="pass how many decoder layers to keep, e.g. --keep 10")
+    if config.min_retained is not None and not 0 < config.min_retained <= 1:
+        raise UsageError(f"--min-retained must be in (0, 1], got {config.min_retained}", hint="e.g. --min-retained 0.9")
     if config.from_stage is not None and config.from_stage not in STAGES:
         raise UsageError(f"--from {config.from_stage}: no such stage", hint=f"stages: {', '.join(STAGES)}")
     checks = [(config.bridge, BRIDGES, "--bridge"), (config.strategy, STRATEGIES, "--strategy"), (config.outtype, outtypes(), "--outtype")]
