@@ -42,6 +42,7 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--regime", type=RegistryChoice(REGIMES), default=_DEFAULTS["regime"], show_default=True, help="How negatives are drawn.")
 @click.option("--history", type=int, default=_DEFAULTS["history"], show_default=True, help="History titles in the prompt.")
 @click.option("--title-tokens", type=int, default=_DEFAULTS["title_tokens"], show_default=True, help="Candidate titles are scored on at most this many tokens.")
+@click.option("--title-words", type=int, default=_DEFAULTS["title_words"], show_default=True, help="Titles cut to this many words in prompts (prune and finetune use 10).")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
               help="rank: completion (a raw prompt) or chat (the prompt as `ollama run` renders it, each candidate as the answer).")
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seed of the users, negatives and bootstrap.")
@@ -61,7 +62,7 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: TEMPLATE, SYSTEM and stops from this Modelfile (default: the model's own, e.g. a run's).")
 @click.option("--ranks", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: a ranking result of the same model and users (eval_<label>.json) for the target-or-top-10 share.")
 @verbose_option
-def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, task_format: str, seed: int, backend: str, batch: int,
+def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, title_words: int, task_format: str, seed: int, backend: str, batch: int,
             threads: int | None, layers: list[int] | None, run_dir: Path | None, label: str, as_json: bool, per_user: bool, mode: str,
             phrasings: tuple[str, ...], max_tokens: int, modelfile: Path | None, ranks: Path | None) -> None:
     """Rank each user's next item among 1 + N candidates with MODEL (an Ollama tag, a
@@ -76,7 +77,7 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
     """
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,
-        title_tokens=title_tokens, seed=seed, backend=backend, batch=batch, threads=threads, run_dir=run_dir, label=label, task_format=task_format,
+        title_tokens=title_tokens, title_words=title_words, seed=seed, backend=backend, batch=batch, threads=threads, run_dir=run_dir, label=label, task_format=task_format,
     )
     if mode == "generate":
         if layers is not None or backend not in ("auto", "llama-cpp"):
