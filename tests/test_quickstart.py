@@ -60,7 +60,7 @@ def test_prune_shows_its_stage_lines_and_nothing_of_the_libraries(quickstart: tu
     assert output.splitlines()[0] == f"ollama-slim prune llama3.2:1b -> llama3.2-slim in {run}"
     assert re.search(rf"^done in \d+\.\ds \(ran {len(STAGES)} stages, skipped 0\)$", output, re.M), output
     assert re.search(r"^  ✓ finetune +\d+\.\ds  step 2/2 loss \d", output, re.M), output
-    assert re.search(r"^  ✓ eval +\d+\.\ds  slim 4/4 users$", output, re.M), output
+    assert re.search(r"^  ✓ eval +\d+\.\ds  slim 4/4 users; in chat \d/4 answers are catalogue titles$", output, re.M), output
 
 
 def test_prune_verbose_lets_the_libraries_through(quickstart: tuple[Path, Path, str], tiny_llama: Path) -> None:

@@ -161,9 +161,13 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
         say(f"eval: {label} on {config.data}")
         evaluate(_model_for(which, layout), config, progress=lambda done, total, label=label: say(f"eval: {label} {done}/{total} users"))
     ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original"))}
+    asked = {}
     for label, config in evals["generate"].items():
         gguf, ranks = ggufs[label]
-        evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
+        asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
+    slim = asked["slim"]
+    titles = round(slim.figures["title"].mean * len(slim.users))
+    say(f"slim {len(slim.users)}/{len(slim.users)} users; in chat {titles}/{len(slim.users)} answers are catalogue titles")
 
 
 def _eval_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
