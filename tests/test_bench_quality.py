@@ -47,3 +47,17 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     bench.check_work(bench.parse_args(["--steps", "10", "--skip", "distilled"]), work)  # what is skipped changes no result
     with pytest.raises(SystemExit, match="other settings .*steps"):
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
+
+
+def test_the_shipped_gguf_is_scored_through_llama_cpp_like_the_model(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """Each healed slim model is exported at --outtype and scored by llama.cpp on the same users and candidates."""
+    args = bench.parse_args(["--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32", "--outtype", "f32"])
+    dataset = load_dataset(args.data)
+    found = {"zero-shot full": tiny_llama, "slim mlp-fold + healed": tiny_llama}
+    ggufs = bench.shipped(args, found, tmp_path)
+    assert list(ggufs) == ["slim mlp-fold + healed (f32 GGUF, llama.cpp)"] and next(iter(ggufs.values())).is_file()
+    by_llama = bench.scores_of(next(iter(ggufs)), next(iter(ggufs.values())), args, dataset, tmp_path)
+    by_transformers = bench.scores_of("tiny", tiny_llama, args, dataset, tmp_path)
+    for key in by_transformers:
+        np.testing.assert_allclose(by_llama[key], by_transformers[key], atol=2e-3)
+    assert bench.shipped(bench.parse_args(["--outtype", "none"]), found, tmp_path) == {}

@@ -4,7 +4,9 @@ Models, all scored on the same seeded test users and 1+19 candidates, in two neg
 regimes (uniform, popularity-proportional):
   zero-shot full | full fine-tuned (the reference) | slim keep-K plain drop, no healing |
   slim keep-K bridged + healed | slim keep-K bridged + healed + distilled from the full fine-tuned model
-beside the random and popularity baselines. Slim and full are fine-tuned with the same
+beside the random and popularity baselines, and each healed slim model again as it ships: exported
+to GGUF at ``--outtype`` (q8_0, the default of ``prune``) and scored through llama.cpp on the
+same users and candidates. Slim and full are fine-tuned with the same
 recipe and budget. Quality retained = (slim - random) / (full - random) on NDCG@10 with a
 paired bootstrap interval, the raw ratio beside it. Each model's LLM score is also
 combined with the log-popularity prior, ``score + w log(1 + train count)``, with ``w``
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rank-weight", type=float, default=0.5, metavar="W", help="healing: share of the ranking loss, in [0, 1]")
     p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "fp16"), help="healing: accelerate's mixed precision")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"), help="dtype the models are loaded in for scoring")
+    p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
     p.add_argument("--skip", default="", help="leave out: distilled, bridged-unhealed (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p.parse_args(argv)
@@ -144,16 +147,43 @@ def _joint_cases(dataset, per_regime: list[list]) -> list:
     return [Case(group[0].example, tuple(item for case in group for item in case.candidates)) for group in zip(*per_regime)]
 
 
-def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
-    """``{"<split>/<regime>": scores [U, 20]}`` of one model (cached as .npz)."""
+def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dict[str, Path]:
+    """``{"<key> (<outtype> GGUF, llama.cpp)": GGUF}`` for every healed slim model, exported (and checked) once."""
+    from ollama_slim.gguf.export import ExportConfig, export_gguf
+
+    if args.outtype == "none":
+        return {}
+    out = {}
+    for key, model_dir in found.items():
+        if key.startswith("slim") and "healed" in key:
+            gguf = work / "gguf" / f"{Path(model_dir).name}-{args.outtype}.gguf"
+            if not gguf.is_file():
+                gguf.parent.mkdir(parents=True, exist_ok=True)
+                export_gguf(ExportConfig(model_dir=Path(model_dir), outtype=args.outtype, out=gguf))
+                log(f"exported {key} to {gguf.name}")
+            out[f"{key} ({args.outtype} GGUF, llama.cpp)"] = gguf
+    return out
+
+
+def _scorer(model: Path, args: argparse.Namespace):
+    """transformers for a model directory, llama.cpp for a GGUF (what ships)."""
+    if str(model).endswith(".gguf"):
+        from ollama_slim.recsys.scorers import LlamaCppScorer
+
+        return LlamaCppScorer(Path(model))
     from ollama_slim.models.modeling import LoadOptions, load
     from ollama_slim.recsys.scorers import TransformersScorer
 
-    cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus") + ".npz")
+    model, tokenizer = load(model, LoadOptions(dtype=args.dtype))
+    return TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
+
+
+def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
+    """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF (cached as .npz)."""
+    cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus").replace("(", "").replace(")", "") + ".npz")
     if cache.is_file():
         return dict(np.load(cache))
-    model, tokenizer = load(model_dir, LoadOptions(dtype=args.dtype))
-    scorer = TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
+    scorer = _scorer(model_dir, args)
     out = {}
     for split in ("test", "valid"):
         began = time.perf_counter()
@@ -263,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_dataset(args.data)
     began = time.perf_counter()
     found = models(args, work)
+    found |= shipped(args, found, work)
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "models": {k: str(v) for k, v in found.items()},
