@@ -103,3 +103,23 @@ def test_ranking_in_the_chat_format(tiny_llama: Path, toy_data: Path) -> None:
     plain = evaluate(str(tiny_llama), EvalConfig(data=str(toy_data), users=6, negatives=4, history=3, resamples=50))
     assert chat.tokens > plain.tokens  # the template, the system message and the end-of-turn are scored too
     assert chat.config.task_format == "chat"
+
+
+def test_prune_in_the_chat_format_end_to_end(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    """score, select, heal and rank in the chat prompt; the shipped GGUF is ranked the same way through llama.cpp."""
+    from click.testing import CliRunner
+
+    from ollama_slim.cli import main
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--keep", "3", "--data", str(toy_data), "--steps", "2", "--batch-size", "2",
+                                       "--calib-users", "4", "--val-users", "4", "--eval-users", "4", "--bench-repeats", "1", "--task-format", "chat",
+                                       "--no-register", "--no-reference", "--run-dir", str(run), "--bridge", "none", "--methods", "block-influence"])
+    assert result.exit_code == 0, result.output
+    finetune = json.loads((run / "healed" / "slim.json").read_text())["finetune"]["config"]
+    assert finetune["task_format"] == "chat"
+    for label in ("original", "slim", "shipped"):
+        record = json.loads((run / f"eval_{label}.json").read_text())
+        assert record["config"]["task_format"] == "chat", label
+    shipped, slim = (json.loads((run / f"eval_{label}.json").read_text())["tokens"] for label in ("shipped", "slim"))
+    assert shipped == slim  # llama.cpp tokenizes the rendered chat prompt as transformers does
