@@ -61,3 +61,25 @@ def test_the_shipped_gguf_is_scored_through_llama_cpp_like_the_model(bench, tiny
     for key in by_transformers:
         np.testing.assert_allclose(by_llama[key], by_transformers[key], atol=2e-3)
     assert bench.shipped(bench.parse_args(["--outtype", "none"]), found, tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """Full and slim healed on both regimes; the distilled row with listwise KD and alignment;
+    the slim models their own step count; every row scored and each slim row's GGUF too."""
+    out = tmp_path / "q"
+    report = bench.main(["--model", str(tiny_llama), "--data", str(amazon_dir), "--kept", "0,2,5", "--test-users", "4", "--valid-users", "2",
+                         "--steps", "2", "--slim-steps", "3", "--batch-size", "2", "--rank-negatives", "2", "--rank-regimes", "uniform,popularity",
+                         "--listwise-weight", "1", "--align-weight", "0.5", "--outtype", "f32", "--skip", "plain-drop,bridged-unhealed",
+                         "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--out", str(out)])
+    healing = report["healing"]
+    assert healing["full fine-tuned"]["steps"] == 2
+    assert healing["slim mlp-fold + healed"]["steps"] == healing["slim mlp-fold + healed + distilled"]["steps"] == 3
+    assert healing["slim mlp-fold + healed + distilled"]["teacher"]["forwards"] > 0  # the teacher ran for the listwise and alignment terms
+    assert healing["slim mlp-fold + healed"]["teacher"] is None
+    models = report["regimes"]["popularity"]["models"]
+    assert "slim plain drop, no healing" not in models
+    assert "slim mlp-fold + healed + distilled (f32 GGUF, llama.cpp)" in models
+    assert all("retained_vs_full_finetuned" in row for key, row in models.items() if key != "full fine-tuned")
+    text = out.with_suffix(".md").read_text()
+    assert "listwise KD over the candidates (weight 1.0" in text and "the slim models 3 steps" in text

@@ -59,10 +59,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--rank-negatives", type=int, default=7, metavar="K", help="healing: rank the target among K seeded never-seen items (0: title loss only)")
     p.add_argument("--rank-weight", type=float, default=0.5, metavar="W", help="healing: share of the ranking loss, in [0, 1]")
+    p.add_argument("--rank-regimes", default="uniform", help="healing: negatives drawn uniformly and/or by popularity (comma-separated; both: one regime per draw)")
+    p.add_argument("--full", action="store_true", help="healing: train every weight instead of LoRA adapters")
+    p.add_argument("--listwise-weight", type=float, default=0.0, metavar="W", help="distilled row: KL between the teacher's and the student's distributions over the candidates")
+    p.add_argument("--distill-temperature", type=float, default=1.0, help="distilled row: temperature of the listwise KL")
+    p.add_argument("--align-weight", type=float, default=0.0, metavar="W", help="distilled row: hidden-state alignment with the teacher's layers")
+    p.add_argument("--align-kind", default="cosine", help="distilled row: cosine or nmse")
+    p.add_argument("--align-at", default="gap-end", help="distilled row: kept (the layer's original index) or gap-end")
+    p.add_argument("--teacher-cache", action="store_true", help="distilled row: the teacher's outputs cached on disk (draws negatives once per example)")
+    p.add_argument("--early-stop-patience", type=int, default=0, metavar="N", help="healing: stop after N validation measures without a better one (0: every step)")
+    p.add_argument("--eval-every", type=int, default=50, help="healing: steps between validation measures")
+    p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure")
+    p.add_argument("--slim-steps", type=int, default=None, metavar="N",
+                   help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
     p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "fp16"), help="healing: accelerate's mixed precision")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"), help="dtype the models are loaded in for scoring")
     p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
-    p.add_argument("--skip", default="", help="leave out: distilled, bridged-unhealed (comma-separated)")
+    p.add_argument("--skip", default="", help="leave out: plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p.parse_args(argv)
 
@@ -94,21 +107,41 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str) -> Path:
     return out
 
 
-def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None) -> Path:
-    """Fine-tune ``model_dir`` with the benchmark's recipe (cached; resumes if interrupted)."""
-    from ollama_slim.slimming.finetune import FinetuneConfig, finetune
+def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None, slim: bool = False):
+    """The benchmark's healing recipe for ``model_dir``: the same for full and slim models, the
+    teacher's terms (title KD, listwise KD, alignment) only on the distilled row."""
+    from ollama_slim.slimming.finetune import FinetuneConfig
+
+    steps = args.slim_steps if slim and args.slim_steps else args.steps
+    distill = {}
+    if teacher is not None:
+        distill = dict(distill_from=str(teacher), distill_weight=args.distill_weight, distill_listwise_weight=args.listwise_weight,
+                       distill_temperature=args.distill_temperature, align_weight=args.align_weight, align_kind=args.align_kind,
+                       align_at=args.align_at, teacher_cache=args.teacher_cache, fixed_negatives=args.teacher_cache and args.listwise_weight > 0)
+    return FinetuneConfig(
+        model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=args.lr,
+        batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
+        rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, rank_regimes=tuple(args.rank_regimes.split(",")),
+        early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
+        mixed_precision=args.mixed_precision, **distill,
+    )
+
+
+def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None, slim: bool = False) -> Path:
+    """Fine-tune ``model_dir`` with the benchmark's recipe (cached; resumes if interrupted).
+    What the run did (steps taken, best step, teacher cost) goes to ``out``/heal.json."""
+    from ollama_slim.slimming.finetune import finetune
 
     if (out / "slim.json").is_file():
         return out
-    config = FinetuneConfig(
-        model=str(model_dir), data=args.data, out_dir=out, steps=args.steps, lora_rank=args.lora_rank, lr=args.lr,
-        batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
-        distill_from=str(teacher) if teacher else None, distill_weight=args.distill_weight,
-        rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, mixed_precision=args.mixed_precision,
-    )
     began = time.perf_counter()
-    result = finetune(config, on_step=lambda p: log(f"{out.name} step {p.step}/{p.total} loss {p.loss:.3f}") if p.step % 10 == 0 else None)
-    log(f"{out.name}: {result.steps} steps in {time.perf_counter() - began:.0f}s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f}")
+    result = finetune(heal_config(args, model_dir, out, teacher=teacher, slim=slim),
+                      on_step=lambda p: log(f"{out.name} step {p.step}/{p.total} loss {p.loss:.3f}") if p.step % 10 == 0 else None)
+    seconds = time.perf_counter() - began
+    log(f"{out.name}: {result.steps} steps in {seconds:.0f}s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f}")
+    summary = {"steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early, "seconds": round(seconds, 1),
+               "validation": result.validation, "teacher": result.teacher}
+    (out / "heal.json").write_text(json.dumps(summary, indent=2) + "\n")
     return out
 
 
@@ -120,13 +153,15 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     full = Path(resolve(args.model).model_dir)
     out = {"zero-shot full": full}
     out["full fine-tuned"] = heal(args, full, work / "ft-full")
-    out["slim plain drop, no healing"] = build_slim(args, work, "none")
+    if "plain-drop" not in skip:
+        out["slim plain drop, no healing"] = build_slim(args, work, "none")
     slim = build_slim(args, work, args.bridge)
     if "bridged-unhealed" not in skip:
         out[f"slim {args.bridge}, no healing"] = slim
-    out[f"slim {args.bridge} + healed"] = heal(args, slim, work / f"slim-{args.bridge}-healed")
+    if "healed" not in skip:
+        out[f"slim {args.bridge} + healed"] = heal(args, slim, work / f"slim-{args.bridge}-healed", slim=True)
     if "distilled" not in skip:
-        out[f"slim {args.bridge} + healed + distilled"] = heal(args, slim, work / f"slim-{args.bridge}-distilled", teacher=out["full fine-tuned"])
+        out[f"slim {args.bridge} + healed + distilled"] = heal(args, slim, work / f"slim-{args.bridge}-distilled", teacher=out["full fine-tuned"], slim=True)
     return out
 
 
@@ -246,16 +281,39 @@ def _rank_recipe(cfg: dict) -> str:
     """The healing loss in words: title loss alone, or mixed with the ranking loss."""
     if not cfg["rank_negatives"]:
         return "title loss only"
-    return f"ranking loss over 1+{cfg['rank_negatives']} candidates (weight {cfg['rank_weight']})"
+    regimes = cfg.get("rank_regimes", "uniform").replace(",", " and ")
+    return f"ranking loss over 1+{cfg['rank_negatives']} candidates (weight {cfg['rank_weight']}, {regimes} negatives)"
+
+
+def _distill_recipe(cfg: dict) -> str:
+    """The distilled row's teacher terms in words."""
+    terms = [f"title-token KD (weight {cfg['distill_weight']})"]
+    if cfg.get("listwise_weight"):
+        terms.append(f"listwise KD over the candidates (weight {cfg['listwise_weight']}, T {cfg['distill_temperature']})")
+    if cfg.get("align_weight"):
+        terms.append(f"{cfg['align_kind']} hidden-state alignment at {cfg['align_at']} (weight {cfg['align_weight']})")
+    return "Distilled from the full fine-tuned model: " + ", ".join(terms) + "."
+
+
+def _budget(cfg: dict, kept: int) -> str:
+    """Equal examples or equal compute: the slim model is about layers/kept times cheaper a step."""
+    slim_steps = cfg.get("slim_steps") or cfg["steps"]
+    if slim_steps == cfg["steps"]:
+        return f"Budget: equal examples ({cfg['steps']} steps each; the slim model spends about {kept}/N of the full model's compute)."
+    return f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept})."
 
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [f"# Quality: {cfg['model']} full vs keep {len(cfg['kept'].split(','))} ({cfg['bridge']})", "",
              f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
-             f"Healing: LoRA r{cfg['lora_rank']}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
+             f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}, mixed precision {cfg['mixed_precision']}; "
-             f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10."]
+             f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
+             "", _distill_recipe(cfg) + " " + _budget(cfg, len(cfg["kept"].split(",")))]
+    for key, heal in report.get("healing", {}).items():
+        stop = f", best step {heal['best_step']}" + (" (stopped early)" if heal["stopped_early"] else "") if heal.get("best_step") else ""
+        lines.append(f"- {key}: {heal['steps']} steps{stop}, {heal['seconds']:.0f} s")
     for regime, rep in report["regimes"].items():
         lines += ["", f"## {regime} negatives", "",
                   "| model | NDCG@10 [95% CI] | HR@10 | MRR | retained on lift [95% CI] | raw ratio | + log-pop prior (w) | prior - popularity |",
@@ -297,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "models": {k: str(v) for k, v in found.items()},
+              "healing": {k: json.loads((Path(v) / "heal.json").read_text()) for k, v in found.items() if (Path(v) / "heal.json").is_file()},
               "regimes": {regime: regime_report(regime, scores, args, dataset) for regime in REGIMES},
               "seconds": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
