@@ -66,12 +66,13 @@ def test_the_shipped_gguf_is_scored_through_llama_cpp_like_the_model(bench, tiny
 @pytest.mark.slow
 def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
     """Full and slim healed on both regimes; the distilled row with listwise KD and alignment;
-    the slim models their own step count; every row scored and each slim row's GGUF too."""
+    the slim models their own step count; every row scored and each slim row's GGUF too, on
+    the healing data and across domains."""
     out = tmp_path / "q"
     report = bench.main(["--model", str(tiny_llama), "--data", str(amazon_dir), "--kept", "0,2,5", "--test-users", "4", "--valid-users", "2",
                          "--steps", "2", "--slim-steps", "3", "--batch-size", "2", "--rank-negatives", "2", "--rank-regimes", "uniform,popularity",
                          "--listwise-weight", "1", "--align-weight", "0.5", "--outtype", "f32", "--skip", "plain-drop,bridged-unhealed",
-                         "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--out", str(out)])
+                         "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--cross-data", "movielens-100k", "--out", str(out)])
     healing = report["healing"]
     assert healing["full fine-tuned"]["steps"] == 2
     assert healing["slim mlp-fold + healed"]["steps"] == healing["slim mlp-fold + healed + distilled"]["steps"] == 3
@@ -81,5 +82,9 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     assert "slim plain drop, no healing" not in models
     assert "slim mlp-fold + healed + distilled (f32 GGUF, llama.cpp)" in models
     assert all("retained_vs_full_finetuned" in row for key, row in models.items() if key != "full fine-tuned")
+    cross = report["cross"]["regimes"]["uniform"]["models"]
+    assert set(cross) == set(models)  # every model scored on the other domain's users too
+    assert cross["zero-shot full"]["ndcg@10"] != models["zero-shot full"]["ndcg@10"]
     text = out.with_suffix(".md").read_text()
+    assert "cross-domain: " in text
     assert "listwise KD over the candidates (weight 1.0" in text and "the slim models 3 steps" in text

@@ -41,8 +41,9 @@ REGIMES = ("uniform", "popularity")
 PRIOR_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """The benchmark's options: model, data, bridge, healing recipe, scoring (shared with bench_keep_curve)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2:135m")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/amazon-electronics-2014"))
     p.add_argument("--kept", default=DEFAULT_KEPT)
@@ -74,10 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
     p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "fp16"), help="healing: accelerate's mixed precision")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"), help="dtype the models are loaded in for scoring")
+    p.add_argument("--device-map", default=None, help="accelerate device map for scoring, e.g. cuda or auto (default: CPU)")
+    p.add_argument("--cross-data", default=None, metavar="DATA",
+                   help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
     p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
     p.add_argument("--skip", default="", help="leave out: plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def log(message: str) -> None:
@@ -87,19 +95,20 @@ def log(message: str) -> None:
 # --- models -------------------------------------------------------------------------------
 
 
-def build_slim(args: argparse.Namespace, work: Path, bridge: str) -> Path:
-    """The compact model with ``bridge`` fitted on train calibration data (cached)."""
+def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[int] | None = None, name: str | None = None) -> Path:
+    """The compact model keeping ``kept`` (default ``--kept``) with ``bridge`` fitted on train
+    calibration data, in ``work``/``name`` (default ``slim-<bridge>``; cached)."""
     from ollama_slim.slimming import bridges as br
     from ollama_slim.slimming.build import save_compact, slice_model
     from ollama_slim.models.modeling import load
     from ollama_slim.models.sources import resolve
 
-    out = work / f"slim-{bridge}"
+    out = work / (name or f"slim-{bridge}")
     if out.is_dir():
         return out
     resolved = resolve(args.model)
     original, tokenizer = load(resolved.model_dir)
-    kept = [int(i) for i in args.kept.split(",")]
+    kept = kept or [int(i) for i in args.kept.split(",")]
     compact = slice_model(original, kept)
     calibration = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(args.data), max_tokens=args.calib_tokens, history=args.history)
     summary = br.BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
@@ -184,20 +193,22 @@ def _joint_cases(dataset, per_regime: list[list]) -> list:
 
 def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dict[str, Path]:
     """``{"<key> (<outtype> GGUF, llama.cpp)": GGUF}`` for every healed slim model, exported (and checked) once."""
-    from ollama_slim.gguf.export import ExportConfig, export_gguf
-
     if args.outtype == "none":
         return {}
-    out = {}
-    for key, model_dir in found.items():
-        if key.startswith("slim") and "healed" in key:
-            gguf = work / "gguf" / f"{Path(model_dir).name}-{args.outtype}.gguf"
-            if not gguf.is_file():
-                gguf.parent.mkdir(parents=True, exist_ok=True)
-                export_gguf(ExportConfig(model_dir=Path(model_dir), outtype=args.outtype, out=gguf))
-                log(f"exported {key} to {gguf.name}")
-            out[f"{key} ({args.outtype} GGUF, llama.cpp)"] = gguf
-    return out
+    return {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(model_dir), work)
+            for key, model_dir in found.items() if key.startswith("slim") and "healed" in key}
+
+
+def export(args: argparse.Namespace, model_dir: Path, work: Path) -> Path:
+    """``model_dir`` as a GGUF at ``--outtype`` (exported and checked in llama.cpp once; cached)."""
+    from ollama_slim.gguf.export import ExportConfig, export_gguf
+
+    gguf = work / "gguf" / f"{model_dir.name}-{args.outtype}.gguf"
+    if not gguf.is_file():
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        export_gguf(ExportConfig(model_dir=model_dir, outtype=args.outtype, out=gguf))
+        log(f"exported {model_dir.name} to {gguf.name}")
+    return gguf
 
 
 def _scorer(model: Path, args: argparse.Namespace):
@@ -209,7 +220,7 @@ def _scorer(model: Path, args: argparse.Namespace):
     from ollama_slim.models.modeling import LoadOptions, load
     from ollama_slim.recsys.scorers import TransformersScorer
 
-    model, tokenizer = load(model, LoadOptions(dtype=args.dtype))
+    model, tokenizer = load(model, LoadOptions(dtype=args.dtype, device_map=args.device_map))
     return TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
 
 
@@ -314,8 +325,12 @@ def markdown(report: dict) -> str:
     for key, heal in report.get("healing", {}).items():
         stop = f", best step {heal['best_step']}" + (" (stopped early)" if heal["stopped_early"] else "") if heal.get("best_step") else ""
         lines.append(f"- {key}: {heal['steps']} steps{stop}, {heal['seconds']:.0f} s")
-    for regime, rep in report["regimes"].items():
-        lines += ["", f"## {regime} negatives", "",
+    sections = [(f"{regime} negatives", rep) for regime, rep in report["regimes"].items()]
+    if "cross" in report:
+        where = f"{Path(report['cross']['data']).name} (healed on {Path(cfg['data']).name})"
+        sections += [(f"{regime} negatives, cross-domain: {where}", rep) for regime, rep in report["cross"]["regimes"].items()]
+    for title, rep in sections:
+        lines += ["", f"## {title}", "",
                   "| model | NDCG@10 [95% CI] | HR@10 | MRR | retained on lift [95% CI] | raw ratio | + log-pop prior (w) | prior - popularity |",
                   "| --- | --- | ---: | ---: | --- | ---: | --- | --- |"]
         for key, row in rep["models"].items():
@@ -331,32 +346,49 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_work(args: argparse.Namespace, work: Path) -> None:
-    """The work directory caches models and scores by name: refuse one made with another recipe."""
-    recipe = {k: v for k, v in vars(args).items() if k not in ("out", "skip")}
+def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = None) -> None:
+    """The work directory caches models and scores by name: refuse one made with another recipe
+    (what only adds or leaves out rows, reports or keeps, is not part of it; nor is an option
+    added since, while it is at its default)."""
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "skip", "report", "keeps", "keep_list")}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
         earlier = json.loads(recipe_file.read_text())
-        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k))
+        added = {k for k in recipe.keys() - earlier.keys() if defaults is not None and k in defaults and recipe[k] == defaults[k]}
+        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k) and k not in added)
         if changed:
             sys.exit(f"error: {work} holds results made with other settings ({', '.join(changed)}); delete it or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
     recipe_file.write_text(json.dumps(recipe, indent=2) + "\n")
 
 
+def cross_domain(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dict | None:
+    """Every model scored on ``--cross-data``'s test users, both regimes; retained against the full
+    model fine-tuned on ``--data`` (the same budget) there. ``None`` without ``--cross-data``."""
+    if not args.cross_data:
+        return None
+    there = argparse.Namespace(**{**vars(args), "data": args.cross_data})
+    dataset = load_dataset(args.cross_data)
+    place = work / f"cross-{Path(args.cross_data).name}"
+    scores = {key: scores_of(key, path, there, dataset, place) for key, path in found.items()}
+    return {"data": args.cross_data, "regimes": {regime: regime_report(regime, scores, there, dataset) for regime in REGIMES}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     work = args.out.with_name(args.out.name + "-work")
-    check_work(args, work)
+    check_work(args, work, defaults=vars(parse_args([])))
     dataset = load_dataset(args.data)
     began = time.perf_counter()
     found = models(args, work)
     found |= shipped(args, found, work)
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
+    cross = cross_domain(args, found, work)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "models": {k: str(v) for k, v in found.items()},
               "healing": {k: json.loads((Path(v) / "heal.json").read_text()) for k, v in found.items() if (Path(v) / "heal.json").is_file()},
               "regimes": {regime: regime_report(regime, scores, args, dataset) for regime in REGIMES},
+              **({"cross": cross} if cross else {}),
               "seconds": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
