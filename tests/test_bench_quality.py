@@ -69,10 +69,11 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     the slim models their own step count; every row scored and each slim row's GGUF too, on
     the healing data and across domains."""
     out = tmp_path / "q"
-    report = bench.main(["--model", str(tiny_llama), "--data", str(amazon_dir), "--kept", "0,2,5", "--test-users", "4", "--valid-users", "2",
+    report = bench.main(["--model", str(tiny_llama), "--data", str(amazon_dir), "--kept", "ranked:3", "--select-users", "4", "--test-users", "4", "--valid-users", "2",
                          "--steps", "2", "--slim-steps", "3", "--batch-size", "2", "--rank-negatives", "2", "--rank-regimes", "uniform,popularity",
                          "--listwise-weight", "1", "--align-weight", "0.5", "--outtype", "f32", "--skip", "plain-drop,bridged-unhealed",
                          "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--cross-data", "movielens-100k", "--out", str(out)])
+    assert len(report["kept_layers"]) == 3 and report["kept_layers"] == sorted(report["kept_layers"])  # selected on validation users
     healing = report["healing"]
     assert healing["full fine-tuned"]["steps"] == 2
     assert healing["slim mlp-fold + healed"]["steps"] == healing["slim mlp-fold + healed + distilled"]["steps"] == 3

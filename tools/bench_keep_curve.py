@@ -48,7 +48,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(out=Path("bench-keep-curve"))
     p.add_argument("--keeps", default="8,10,12,15,20", help="numbers of kept layers (comma-separated)")
     p.add_argument("--strategy", default="ranked", help="selection strategy (ranked: one pass serves every K)")
-    p.add_argument("--select-users", type=int, default=32, help="validation users the selection measures on")
     p.add_argument("--recipe", default="distilled", choices=RECIPES, help="healing with the full fine-tuned teacher, or without")
     p.add_argument("--speed-repeats", type=int, default=3, help="llama.cpp speed rounds per model (after one warm-up)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads for the speed runs (default: its own)")
@@ -64,26 +63,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def kept_sets(args: argparse.Namespace, work: Path) -> dict[int, list[int]]:
-    """``{K: kept layers}`` from one selection pass (cached): ``ranked`` and ``forward`` add layers
-    up to the largest K, ``backward`` removes them down to the smallest; every K lies on the path."""
-    from ollama_slim.slimming.selection import SelectConfig, select_layers
-
-    cache = work / "kept.json"
-    if cache.is_file():
-        found = {int(k): v for k, v in json.loads(cache.read_text()).items()}
-        if all(k in found for k in args.keep_list):
-            return found
+    """``{K: kept layers}`` from one selection pass: ``ranked`` and ``forward`` add layers up to
+    the largest K, ``backward`` removes them down to the smallest; every K lies on the path."""
     target = args.keep_list[0] if args.strategy == "backward" else args.keep_list[-1]
-    bq.log(f"selecting layers ({args.strategy}) to {target}")
-    result = select_layers(SelectConfig(source=args.model, keep=target, strategy=args.strategy, data=args.data,
-                                        val_users=args.select_users, run_dir=work / "select", dtype=args.dtype), progress=bq.log)
-    path = {len(step.layers): sorted(step.layers) for step in result.steps}
+    path = bq.select_path(args, work, strategy=args.strategy, target=target)
     missing = [k for k in args.keep_list if k not in path]
     if missing:
         sys.exit(f"error: the {args.strategy} selection never kept exactly {', '.join(map(str, missing))} layers; use --strategy ranked or backward")
-    found = {k: path[k] for k in args.keep_list}
-    cache.write_text(json.dumps(found) + "\n")
-    return found
+    return {k: path[k] for k in args.keep_list}
 
 
 def speed(args: argparse.Namespace, original: Path, slim: Path, work: Path) -> dict:

@@ -46,7 +46,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2:135m")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/amazon-electronics-2014"))
-    p.add_argument("--kept", default=DEFAULT_KEPT)
+    p.add_argument("--kept", default=DEFAULT_KEPT, help="kept layers (comma-separated), or STRATEGY:K to select K on validation users (e.g. ranked:8)")
+    p.add_argument("--select-users", type=int, default=32, help="validation users a STRATEGY:K selection measures on")
     p.add_argument("--bridge", default="mlp-fold")
     p.add_argument("--calib-tokens", type=int, default=4096)
     p.add_argument("--test-users", type=int, default=500)
@@ -108,12 +109,36 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[
         return out
     resolved = resolve(args.model)
     original, tokenizer = load(resolved.model_dir)
-    kept = kept or [int(i) for i in args.kept.split(",")]
+    kept = kept or kept_layers(args, work)
     compact = slice_model(original, kept)
     calibration = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(args.data), max_tokens=args.calib_tokens, history=args.history)
     summary = br.BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
     save_compact(compact, tokenizer, out, provenance={"source": {"ref": args.model}, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
     return out
+
+
+def select_path(args: argparse.Namespace, work: Path, *, strategy: str, target: int) -> dict[int, list[int]]:
+    """``{size: kept layers}`` along one ``strategy`` selection to ``target`` layers on validation
+    users (cached in ``work``/select; the path of ``ranked`` and ``forward`` holds every smaller set)."""
+    from ollama_slim.slimming.selection import SelectConfig, select_layers
+
+    cache = work / "select" / f"{strategy}-{target}.json"
+    if cache.is_file():
+        return {int(k): v for k, v in json.loads(cache.read_text()).items()}
+    log(f"selecting layers ({strategy}) to {target}")
+    result = select_layers(SelectConfig(source=args.model, keep=target, strategy=strategy, data=args.data, val_users=args.select_users,
+                                        run_dir=work / "select", dtype=args.dtype, device_map=args.device_map), progress=log)
+    path = {len(step.layers): sorted(step.layers) for step in result.steps}
+    cache.write_text(json.dumps(path) + "\n")
+    return path
+
+
+def kept_layers(args: argparse.Namespace, work: Path) -> list[int]:
+    """``--kept`` as layer indices: given, or selected (``STRATEGY:K``)."""
+    if ":" not in args.kept:
+        return [int(i) for i in args.kept.split(",")]
+    strategy, keep = args.kept.split(":", 1)
+    return select_path(args, work, strategy=strategy, target=int(keep))[int(keep)]
 
 
 def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None, slim: bool = False):
@@ -316,12 +341,13 @@ def _budget(cfg: dict, kept: int) -> str:
 
 def markdown(report: dict) -> str:
     cfg = report["config"]
-    lines = [f"# Quality: {cfg['model']} full vs keep {len(cfg['kept'].split(','))} ({cfg['bridge']})", "",
+    kept = report["kept_layers"]
+    lines = [f"# Quality: {cfg['model']} full vs keep {len(kept)} ({cfg['bridge']}; layers {','.join(map(str, kept))})", "",
              f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
-             "", _distill_recipe(cfg) + " " + _budget(cfg, len(cfg["kept"].split(",")))]
+             "", _distill_recipe(cfg) + " " + _budget(cfg, len(kept))]
     for key, heal in report.get("healing", {}).items():
         stop = f", best step {heal['best_step']}" + (" (stopped early)" if heal["stopped_early"] else "") if heal.get("best_step") else ""
         lines.append(f"- {key}: {heal['steps']} steps{stop}, {heal['seconds']:.0f} s")
@@ -385,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
     cross = cross_domain(args, found, work)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "kept_layers": kept_layers(args, work),
               "models": {k: str(v) for k, v in found.items()},
               "healing": {k: json.loads((Path(v) / "heal.json").read_text()) for k, v in found.items() if (Path(v) / "heal.json").is_file()},
               "regimes": {regime: regime_report(regime, scores, args, dataset) for regime in REGIMES},

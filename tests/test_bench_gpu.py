@@ -1,0 +1,39 @@
+"""tools/bench_gpu.sh: every command it would run parses with the tools' own options."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _tool(name: str):
+    sys.path.insert(0, str(TOOLS))
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_gpu_command_parses(tmp_path: Path) -> None:
+    out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1"},
+                         capture_output=True, text=True, check=True).stdout
+    commands = [shlex.split(line) for line in out.splitlines() if line.strip()]
+    assert len(commands) == 6 and not (tmp_path / "gpu" / "quality-work").exists()  # printed, not run
+    parsers = {"bench_quality.py": _tool("bench_quality").parse_args, "bench_keep_curve.py": _tool("bench_keep_curve").parse_args}
+    models = set()
+    for command in commands:
+        assert command[0] == "python"
+        args = parsers[Path(command[1]).name](command[2:])
+        assert args.test_users >= 1000 and args.full and args.device_map == "cuda" and args.rank_regimes == "uniform,popularity"
+        assert args.out.parent == tmp_path / "gpu"
+        models.add(args.model)
+    assert models == {"smollm2:135m", "qwen2.5:0.5b"}
+    only = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "curve"},
+                          capture_output=True, text=True, check=True).stdout
+    assert len(only.splitlines()) == 1 and "bench_keep_curve.py" in only

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 11's quality benchmarks at a GPU's budget: the same commands as on the CPU, with a larger
+# healing budget (full fine-tuning, early stopping), 1,000 test users, and Qwen2.5-0.5B beside SmolLM2.
+#
+#   bash tools/bench_gpu.sh [OUT]          # OUT defaults to bench/gpu; PARTS=quality,reverse,curve,qwen
+#
+# Parts (each caches its models and scores under OUT/<part>-work, so a stopped run continues):
+#   quality  SmolLM2-135M keep 10 of 30 on Amazon Electronics, both negative regimes, every row
+#            (zero-shot, full fine-tuned, plain drop, healed, distilled with listwise KD and
+#            hidden-state alignment), the q8_0 GGUF scored through llama.cpp, and cross-domain on
+#            MovieLens-100k; the slim models healed at equal examples and at equal compute
+#   reverse  the same healed on MovieLens-100k, cross-domain on Amazon Electronics
+#   curve    the keep-versus-quality curve of SmolLM2-135M (8, 10, 12, 15, 20 of 30), q8_0 GGUF
+#   qwen     Qwen2.5-0.5B: its table at keep 8 of 24 (ranked selection) and its curve (6..16 of 24)
+#
+# Needs the models where `ollama-slim` resolves them (an Ollama store, the HF cache or the network)
+# and a CUDA build of torch. Prints each part's Markdown table; JSON beside it. DRY_RUN=1 prints the
+# commands instead of running them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/gpu}
+PARTS=${PARTS:-quality,reverse,curve,qwen}
+mkdir -p "$OUT"
+
+RECIPE=(--test-users 1000 --valid-users 200 --steps 1000 --batch-size 16 --full --lr 5e-5
+        --rank-negatives 8 --rank-regimes uniform,popularity --listwise-weight 1 --distill-temperature 2
+        --align-weight 0.5 --align-at gap-end --early-stop-patience 4 --eval-every 100 --val-measure ndcg
+        --mixed-precision bf16 --dtype bfloat16 --device-map cuda --outtype q8_0)
+AMAZON=${AMAZON:-../shared/data/amazon-electronics-2014}
+
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
+run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+
+if want quality; then
+  run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --cross-data movielens-100k --out "$OUT/quality"
+  run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --slim-steps 3000 --skip plain-drop,bridged-unhealed \
+    --out "$OUT/quality-equal-compute"
+fi
+if want reverse; then
+  run python tools/bench_quality.py "${RECIPE[@]}" --data movielens-100k --cross-data "$AMAZON" --kept ranked:10 --out "$OUT/reverse"
+fi
+if want curve; then
+  run python tools/bench_keep_curve.py "${RECIPE[@]}" --data "$AMAZON" --keeps 8,10,12,15,20 --strategy backward --out "$OUT/curve"
+fi
+if want qwen; then
+  run python tools/bench_quality.py "${RECIPE[@]}" --model qwen2.5:0.5b --data "$AMAZON" --kept ranked:8 --cross-data movielens-100k \
+    --out "$OUT/qwen-quality"
+  run python tools/bench_keep_curve.py "${RECIPE[@]}" --model qwen2.5:0.5b --data "$AMAZON" --keeps 6,8,10,12,16 --out "$OUT/qwen-curve"
+fi
