@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, server, smollm2):
     from conftest import AMAZON
 
     cross = str(AMAZON) if (AMAZON / "interactions.tsv").is_file() else "movielens-100k"
-    config = _config(run_dir, host=server.url, name="smollm2-slim", reference=True, cross_domain=cross)
+    config = _config(run_dir, host=server.url, name="smollm2-slim", reference=True, cross_domain=cross, teacher="original", listwise_weight=1.0,
+                     align_weight=0.5, rank_negatives=2, rank_regimes=("uniform", "popularity"))
     os.environ["HF_TOKEN"] = SECRET  # must never reach a file of the run
     try:
         return config, prune(config)
@@ -67,6 +69,9 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     assert "generation tokens/s" in report
     assert "Quality retained on lift" in report and "reference: full model fine-tuned, same budget" in report
     assert "## Cross-domain check" in report and (config.run_dir / "eval_cross_slim.json").is_file()
+    healing = json.loads((config.run_dir / "finetune.json").read_text())
+    assert healing["teacher"]["forwards"] > 0  # distilled from the original (listwise KD, alignment)
+    assert "distilled from the original" in report
     for path in config.run_dir.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".md", ""}:
             assert SECRET not in path.read_text(errors="ignore"), path
@@ -94,7 +99,7 @@ def test_interrupted_finetune_resumes_to_the_same_weights(finished_run, tmp_path
     config, _ = finished_run
     run_dir = tmp_path / "interrupted"
     shutil.copytree(config.run_dir, run_dir, ignore=shutil.ignore_patterns("healed*", "finetune.json", "*.gguf", "Modelfile", "eval_*", "report.md", "bench.json", "register.json"))
-    interrupted = _config(run_dir, register=False)
+    interrupted = _config(run_dir, register=False, **{k: getattr(config, k) for k in ("teacher", "listwise_weight", "align_weight", "rank_negatives", "rank_regimes")})
 
     def stop_after_checkpoint(message: str) -> None:
         if message.startswith("finetune: step 3/"):
@@ -123,11 +128,33 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--min-retained", "1.5"], "--min-retained must be in (0, 1]"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-weight", "2"], "--rank-weight must be between 0 and 1"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "-1"], "--rank-negatives must be 0 or more"),
+        (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--listwise-weight", "1"], "--listwise-weight needs candidates to rank"),
+        (["prune", "smollm2:135m", "--keep", "10", "--rank-regimes", "uniform,zipf"], "zipf"),
+        (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--align-weight", "-1"], "--align-weight must be 0 or more"),
     ]:
         result = runner.invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
         assert result.exit_code != 0, args
         assert expected in result.output, result.output
         assert not (tmp_path / "run").exists(), "nothing may be written before the options are checked"
+
+
+def test_the_slim_model_is_distilled_from_the_original_only_when_asked(tmp_path: Path) -> None:
+    from ollama_slim.pipeline.layout import RunLayout
+    from ollama_slim.pipeline.runner import config_key
+    from ollama_slim.pipeline.stages import _finetune_config, _reference_config
+
+    layout = RunLayout(tmp_path / "run")
+    plain = _config(tmp_path / "run")
+    assert _finetune_config(plain, layout).distill_from is None
+    taught = _config(tmp_path / "run", teacher="original", listwise_weight=1.0, align_weight=0.5, rank_negatives=4, rank_regimes=("uniform", "popularity"))
+    heal = _finetune_config(taught, layout)
+    assert (heal.distill_from, heal.distill_weight, heal.distill_listwise_weight, heal.align_weight, heal.align_at) == ("smollm2:135m", 0.0, 1.0, 0.5, "gap-end")
+    assert heal.rank_regimes == ("uniform", "popularity")
+    reference = _reference_config(_config(tmp_path / "run", teacher="original", listwise_weight=1.0, rank_negatives=4, reference=True), layout)
+    assert reference.distill_from is None  # the full model is not taught by itself
+    assert _finetune_config(_config(tmp_path / "run", teacher="original"), layout).distill_from is None  # no weight: nothing to distil
+    # a run made before these options existed keeps its stage keys
+    assert "teacher" not in config_key(plain, root=layout.root) and "rank_regimes" not in config_key(plain, root=layout.root)
 
 
 def test_config_file_supplies_options(tmp_path: Path) -> None:
@@ -150,7 +177,8 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     from ollama_slim.cli.prune import command
 
     config = PruneConfig(model="smollm2:135m", keep=8, steps=3, checkpoint_every=1, bench_repeats=2, seed=4, title_words=7, bridge="none",
-                         methods=("angular",), register=False, reference=True, run_dir=tmp_path / "r", cross_domain="movielens-100k")
+                         methods=("angular",), register=False, reference=True, run_dir=tmp_path / "r", cross_domain="movielens-100k",
+                         rank_negatives=4, rank_regimes=("uniform", "popularity"), teacher="original", listwise_weight=1.0, align_weight=0.5)
     params = command.make_context("prune", shlex.split(command_line(config))[2:]).params
     assert params["methods"] == ("angular",)  # --methods parses to the config's tuple
     params["run_dir"] = Path(params["run_dir"])

@@ -15,7 +15,9 @@ from ollama_slim.cli.display import stage_display, verbose_option
 from ollama_slim.cli.options import RegistryChoice, comma_list
 from ollama_slim.gguf.export import outtypes
 from ollama_slim.models.modeling import DTYPES
+from ollama_slim.pipeline.config import TEACHERS
 from ollama_slim.pipeline.prune import STAGES, PruneConfig
+from ollama_slim.recsys.data.core import REGIMES
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.slimming.importance.methods import METHODS
 from ollama_slim.slimming.selection import STRATEGIES
@@ -59,6 +61,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
 @click.option("--rank-negatives", type=int, default=_DEFAULTS.rank_negatives, show_default=True, help="Healing also ranks the target among K seeded never-seen items (0: title loss only).")
 @click.option("--rank-weight", type=float, default=_DEFAULTS.rank_weight, show_default=True, help="Share of the ranking loss in healing, in [0, 1].")
+@click.option("--rank-regimes", default=",".join(_DEFAULTS.rank_regimes), show_default=True, metavar="LIST", callback=comma_list(lambda: REGIMES),
+              help="How the ranking negatives are drawn: uniform, popularity, or both (one regime per draw).")
+@click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
+              help="original: heal the slim model toward the untouched original too (with --listwise-weight and/or --align-weight).")
+@click.option("--listwise-weight", type=float, default=_DEFAULTS.listwise_weight, show_default=True,
+              help="With a teacher: weight of the KL between its and the slim model's distributions over the target and negatives.")
+@click.option("--align-weight", type=float, default=_DEFAULTS.align_weight, show_default=True,
+              help="With a teacher: weight of the cosine pull of each kept layer's output toward the original's at the end of its gap.")
 @click.option("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, show_default=True, help="Healing checkpoint interval (steps); a rerun resumes from the last.")
 @click.option("--outtype", type=RegistryChoice(outtypes()), default=_DEFAULTS.outtype, show_default=True, help="GGUF tensor type.")
 @click.option("--register/--no-register", default=True, show_default=True, help="Register the slim model in Ollama (needs a server).")

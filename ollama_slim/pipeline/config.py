@@ -14,6 +14,9 @@ from ollama_slim.models.tags import default_slim_name, parse_name
 from ollama_slim.pipeline.layout import RUNS_DIR
 
 
+TEACHERS = ("none", "original")  # what the slim model's healing distils from
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Every option of ``prune``; defaults are the choices the benchmarks measured best."""
@@ -31,6 +34,10 @@ class PruneConfig:
     lr: float = 2e-4
     rank_negatives: int = 0
     rank_weight: float = 0.5
+    rank_regimes: tuple[str, ...] = ("uniform",)
+    teacher: str = "none"  # "original": the slim model is distilled from the untouched original (listwise KD, alignment)
+    listwise_weight: float = 0.0  # with a teacher: KL between its and the slim model's distributions over the candidates
+    align_weight: float = 0.0  # with a teacher: each kept layer's output pulled toward the original's at the end of its gap
     checkpoint_every: int = 25
     outtype: str = "q8_0"
     register: bool = True
@@ -66,6 +73,10 @@ class PruneConfig:
         if self.run_dir is not None:
             return Path(self.run_dir)
         return RUNS_DIR / self.slim_name
+
+    def distills(self) -> bool:
+        """Whether the slim model's healing has a teacher term on (``teacher`` and a weight)."""
+        return self.teacher != "none" and self.steps > 0 and (self.listwise_weight > 0 or self.align_weight > 0)
 
     def use_reference(self) -> bool:
         if self.reference is not None:

@@ -18,7 +18,7 @@ from ollama_slim import paths
 from ollama_slim.errors import UsageError
 from ollama_slim.gguf.export import outtypes
 from ollama_slim.models.tags import parse_name
-from ollama_slim.pipeline.config import PruneConfig, command_line
+from ollama_slim.pipeline.config import TEACHERS, PruneConfig, command_line
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.runner import StageRunner, config_key
 from ollama_slim.pipeline.stages import STAGE_TABLE, STAGES
@@ -63,9 +63,15 @@ def check_config(config: PruneConfig) -> None:
             raise UsageError(f"{option} {value!r} is not known", hint=f"choose from {', '.join(known)}")
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {config.steps}")
-    if config.steps > 0:  # healing's own checks (batch size, rank, ranking loss), with its messages
+    if config.teacher not in TEACHERS:
+        raise UsageError(f"--teacher {config.teacher!r} is not known", hint=f"choose from {', '.join(TEACHERS)}")
+    if config.teacher != "none" and config.listwise_weight > 0 and config.rank_negatives == 0:
+        raise UsageError("--listwise-weight needs candidates to rank", hint="pass --rank-negatives K (e.g. 4), or --listwise-weight 0")
+    if config.steps > 0:  # healing's own checks (batch size, rank, ranking loss, weights), with its messages
+        distill = dict(distill_from=config.model, distill_listwise_weight=config.listwise_weight, align_weight=config.align_weight) if config.distills() else {}
         check_finetune(FinetuneConfig(model=config.model, data=config.data, steps=config.steps, lora_rank=config.lora_rank, lr=config.lr, batch_size=config.batch_size,
-                                      checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight))
+                                      checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight,
+                                      rank_regimes=config.rank_regimes, **distill))
     parse_name(config.slim_name)  # a name Ollama would refuse fails now, not after an hour
 
 

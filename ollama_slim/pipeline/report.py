@@ -216,6 +216,7 @@ def _describe_finetune(info: dict[str, Any]) -> str:
     if not info:
         return "none"
     parts = [f"{k}={v}" for k, v in info.items() if k in ("mode", "steps", "lora_rank", "lr", "batch_size", "distill_from", "examples", "final_loss")]
+    parts += [f"ranking over {info['ranking']}"] * ("ranking" in info) + [info["teacher"]] * ("teacher" in info)
     return ", ".join(parts) or "done"
 
 

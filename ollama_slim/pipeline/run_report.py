@@ -29,6 +29,17 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "per_user"}
 
 
+def _healing_terms(c: PruneConfig) -> dict[str, str]:
+    """The healing loss beyond the title loss, in words: the ranking negatives and the teacher."""
+    terms = {}
+    if c.rank_negatives:
+        terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
+    if c.distills():
+        parts = [f"listwise KD weight {c.listwise_weight}"] * (c.listwise_weight > 0) + [f"alignment at the gap ends weight {c.align_weight}"] * (c.align_weight > 0)
+        terms["teacher"] = "distilled from the original (" + ", ".join(parts) + ")"
+    return terms
+
+
 def _bridge(c: PruneConfig, layout: RunLayout) -> str:
     """The bridge the build used (the family may not allow the one asked for), as the report says it."""
     built = _read(layout.build_record).get("bridge") or {}
@@ -51,7 +62,7 @@ def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
         run_dir=layout.root, model=_read(layout.resolve), slim_name=c.slim_name, data=c.data, dataset=evals["slim"].get("data", {}),
         kept=selection.get("kept", []), num_layers=selection.get("num_layers", 0), bridge=_bridge(c, layout),
         finetune={"mode": finetune.get("mode", "lora"), "steps": c.steps, "lora_rank": c.lora_rank, "lr": c.lr, "batch_size": c.batch_size,
-                  "final_loss": finetune.get("final_loss")},
+                  "final_loss": finetune.get("final_loss"), **_healing_terms(c)},
         quality=quality, retained=_retained(evals), cross_domain=cross, bench=_read(layout.bench), export=_read(layout.export_record) or None, files=files,
         timings={k: v.get("seconds", 0.0) for k, v in _read(layout.state).items() if isinstance(v, dict)},
         commands=[command_line(c), f"ollama-slim bench {original_gguf} {layout.gguf}"], registered=register.get("name") if register.get("registered", True) and register else None,

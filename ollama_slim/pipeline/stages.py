@@ -10,7 +10,7 @@ function, which writes the stage's result file into the run directory itself.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,12 +78,18 @@ def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:
 def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: Path | None) -> FinetuneConfig:
     """The one healing recipe of a run, for the slim model and the reference alike."""
     return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
-                          rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, checkpoint_every=c.checkpoint_every, seed=c.seed,
-                          history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format)
+                          rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, rank_regimes=c.rank_regimes, checkpoint_every=c.checkpoint_every,
+                          seed=c.seed, history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format)
 
 
 def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
-    return _healing(c, model=str(layout.compact_dir), hf=None, out=layout.healed_dir, run_dir=layout.root)
+    """The slim model's healing; with ``--teacher original``, distilled from the original (its
+    ranking of the candidates, its hidden states at the end of each kept layer's gap)."""
+    config = _healing(c, model=str(layout.compact_dir), hf=None, out=layout.healed_dir, run_dir=layout.root)
+    if not c.distills():
+        return config
+    return replace(config, distill_from=c.hf or c.model, distill_weight=0.0, distill_listwise_weight=c.listwise_weight,
+                   align_weight=c.align_weight, align_at="gap-end")
 
 
 def _finetune_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
