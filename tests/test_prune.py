@@ -128,7 +128,7 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--min-retained", "1.5"], "--min-retained must be in (0, 1]"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-weight", "2"], "--rank-weight must be between 0 and 1"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "-1"], "--rank-negatives must be 0 or more"),
-        (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--listwise-weight", "1"], "--listwise-weight needs candidates to rank"),
+        (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-regimes", "uniform,zipf"], "zipf"),
         (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--align-weight", "-1"], "--align-weight must be 0 or more"),
     ]:
@@ -144,17 +144,21 @@ def test_the_slim_model_is_distilled_from_the_original_only_when_asked(tmp_path:
     from ollama_slim.pipeline.stages import _finetune_config, _reference_config
 
     layout = RunLayout(tmp_path / "run")
-    plain = _config(tmp_path / "run")
-    assert _finetune_config(plain, layout).distill_from is None
-    taught = _config(tmp_path / "run", teacher="original", listwise_weight=1.0, align_weight=0.5, rank_negatives=4, rank_regimes=("uniform", "popularity"))
-    heal = _finetune_config(taught, layout)
-    assert (heal.distill_from, heal.distill_weight, heal.distill_listwise_weight, heal.align_weight, heal.align_at) == ("smollm2:135m", 0.0, 1.0, 0.5, "gap-end")
-    assert heal.rank_regimes == ("uniform", "popularity")
+    assert _finetune_config(_config(tmp_path / "run", teacher="none"), layout).distill_from is None
+    heal = _finetune_config(_config(tmp_path / "run"), layout)  # the defaults: distilled from the original
+    assert (heal.distill_from, heal.distill_weight, heal.distill_listwise_weight, heal.distill_temperature, heal.align_weight, heal.align_at) == \
+        ("smollm2:135m", 0.0, 2.0, 2.0, 0.5, "gap-end")
+    assert heal.rank_regimes == ("uniform", "popularity") and heal.rank_negatives == 4
+    assert _finetune_config(_config(tmp_path / "run", hf=str(tmp_path)), layout).distill_from == str(tmp_path)  # the weights the slim one was cut from
+    layout.root.mkdir(parents=True)
+    layout.resolve.write_text(json.dumps({"model_dir": "/cache/models/fetched"}))
+    assert _finetune_config(_config(tmp_path / "run", hf="Org/Model"), layout).distill_from == "/cache/models/fetched"  # a repository id: what resolve fetched
     reference = _reference_config(_config(tmp_path / "run", teacher="original", listwise_weight=1.0, rank_negatives=4, reference=True), layout)
     assert reference.distill_from is None  # the full model is not taught by itself
-    assert _finetune_config(_config(tmp_path / "run", teacher="original"), layout).distill_from is None  # no weight: nothing to distil
-    # a run made before these options existed keeps its stage keys
-    assert "teacher" not in config_key(plain, root=layout.root) and "rank_regimes" not in config_key(plain, root=layout.root)
+    assert _finetune_config(_config(tmp_path / "run", listwise_weight=0.0, align_weight=0.0), layout).distill_from is None  # no weight: nothing to distil
+    # a run made with the earlier recipe (no teacher, uniform negatives) keeps its stage keys
+    before = config_key(_config(tmp_path / "run", teacher="none", listwise_weight=0.0, align_weight=0.0, rank_regimes=("uniform",)), root=layout.root)
+    assert not {"teacher", "listwise_weight", "align_weight", "rank_regimes"} & set(before)
 
 
 def test_config_file_supplies_options(tmp_path: Path) -> None:

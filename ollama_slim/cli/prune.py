@@ -55,7 +55,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
-@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA); 0 skips healing.")
+@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA, with the original as teacher); 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)
 @click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
@@ -64,9 +64,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--rank-regimes", default=",".join(_DEFAULTS.rank_regimes), show_default=True, metavar="LIST", callback=comma_list(lambda: REGIMES),
               help="How the ranking negatives are drawn: uniform, popularity, or both (one regime per draw).")
 @click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
-              help="original: heal the slim model toward the untouched original too (with --listwise-weight and/or --align-weight).")
+              help="original: heal the slim model toward the untouched original too (its ranking of the candidates, its hidden states); none: the data alone.")
 @click.option("--listwise-weight", type=float, default=_DEFAULTS.listwise_weight, show_default=True,
               help="With a teacher: weight of the KL between its and the slim model's distributions over the target and negatives.")
+@click.option("--distill-temperature", type=float, default=_DEFAULTS.distill_temperature, show_default=True,
+              help="With a teacher: temperature of both candidate distributions in the listwise KL.")
 @click.option("--align-weight", type=float, default=_DEFAULTS.align_weight, show_default=True,
               help="With a teacher: weight of the cosine pull of each kept layer's output toward the original's at the end of its gap.")
 @click.option("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, show_default=True, help="Healing checkpoint interval (steps); a rerun resumes from the last.")

@@ -68,7 +68,8 @@ def check_config(config: PruneConfig) -> None:
     if config.teacher != "none" and config.listwise_weight > 0 and config.rank_negatives == 0:
         raise UsageError("--listwise-weight needs candidates to rank", hint="pass --rank-negatives K (e.g. 4), or --listwise-weight 0")
     if config.steps > 0:  # healing's own checks (batch size, rank, ranking loss, weights), with its messages
-        distill = dict(distill_from=config.model, distill_listwise_weight=config.listwise_weight, align_weight=config.align_weight) if config.distills() else {}
+        distill = dict(distill_from=config.model, distill_listwise_weight=config.listwise_weight, distill_temperature=config.distill_temperature,
+                       align_weight=config.align_weight) if config.distills() else {}
         check_finetune(FinetuneConfig(model=config.model, data=config.data, steps=config.steps, lora_rank=config.lora_rank, lr=config.lr, batch_size=config.batch_size,
                                       checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight,
                                       rank_regimes=config.rank_regimes, **distill))
