@@ -79,7 +79,7 @@ def collect(run_dir: Path, *, wall: float, rerun: float, cpu: float | None = Non
         "load_average": {"start": round(load[0], 1), "end": round(load[1], 1)} if load else None,
         "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1) if cpu is not None else None, "rerun_seconds": round(rerun, 1),
         "stages": {name: record["seconds"] for name, record in state.items() if isinstance(record, dict) and "seconds" in record},
-        "defaults": {k: config[k] for k in ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats")},
+        "defaults": {k: config[k] for k in DEFAULT_KEYS if k in config},
         "eval": {"users": slim["users"], "candidates": slim["candidates"], "regime": slim["config"]["regime"], "data": slim["data"]["name"]},
         "ndcg10": {"original": _interval(original["metrics"]["ndcg@10"]), "slim": _interval(slim["metrics"]["ndcg@10"]),
                    "popularity": _interval(slim["baselines"]["popularity"]["ndcg@10"]), "random": round(slim["baselines"]["random"]["ndcg@10"], 4)},
@@ -94,6 +94,16 @@ def _minutes(seconds: float) -> str:
 
 def _ci(value: dict[str, float]) -> str:
     return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+DEFAULT_KEYS = ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats", "teacher", "listwise_weight", "align_weight", "rank_negatives")
+
+
+def _healing(d: dict[str, Any]) -> str:
+    """How the run healed, when its figures say (a teacher and its weights)."""
+    if d.get("teacher", "none") == "none":
+        return ""
+    return f" --teacher {d['teacher']} --listwise-weight {d['listwise_weight']:g} --align-weight {d['align_weight']:g} --rank-negatives {d['rank_negatives']}"
 
 
 def render(figures: dict[str, Any]) -> str:
@@ -114,14 +124,20 @@ def render(figures: dict[str, Any]) -> str:
     text = (
         f"Measured here ({f['date']}, {f['cpus']} CPU cores{load}; `python tools/quickstart_figures.py --write-readme` reran it and "
         f"wrote this paragraph): the quickstart with its defaults (`--methods {','.join(d['methods'])} --strategy {d['strategy']} "
-        f"--bridge {d['bridge']} --steps {d['steps']} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end{cpu} "
+        f"--bridge {d['bridge']} --steps {d['steps']}{_healing(d)} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end{cpu} "
         f"({stages}), and rerunning it with everything present took **{f['rerun_seconds']:.1f} s**. Its report on "
         f"{d['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
-        f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])}, popularity {_ci(n['popularity'])}, random "
-        f"{n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
+        f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])} (it keeps {_kept(n)} of the original's lift over random), "
+        f"popularity {_ci(n['popularity'])}, random {n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
         f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}"
     )
     return _wrap(text)
+
+
+def _kept(n: dict[str, Any]) -> str:
+    """The slim model's share of the original's lift over random (point estimate; the report has its interval)."""
+    lift = n["original"]["mean"] - n["random"]
+    return f"{(n['slim']['mean'] - n['random']) / lift:.2f}" if lift > 0 else "none"
 
 
 def _wrap(text: str, width: int = 100) -> str:
