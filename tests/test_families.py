@@ -341,7 +341,7 @@ def test_family_tags_give_the_family_chat_template(tag: str, chat: str, stop: st
 
 
 def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: Path) -> None:
-    """score, select, build (the family's bridge), heal (LoRA), export (mxfp4 for experts), bench, eval and the report, on the tiny model."""
+    """score, select, build (the family's bridge), heal (LoRA, the original as teacher), export (mxfp4 for experts), bench, eval and the report, on the tiny model."""
     import gguf
 
     from toy_data import write_toy_data
@@ -360,6 +360,8 @@ def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: 
     assert len(kept) == n // 2 and matches(fam, original_types(fam, _config(model_dir)), kept)
     bridge = json.loads((run / "build.json").read_text())["bridge"]["kind"]
     assert bridge == ("mlp-fold" if "mlp-fold" in fam.bridges else "none")
+    teacher = json.loads((run / "finetune.json").read_text())["teacher"]
+    assert teacher["forwards"] > 0 and teacher["computed_examples"] > 0  # healed with the original as teacher, the default
     check = json.loads((run / "export.json").read_text())["check"]
     assert check["passed"], check
     reader = gguf.GGUFReader(str(run / "model.gguf"))
