@@ -20,7 +20,7 @@ HEALING = {"finetune", "reference"}
 PROMPT = {"score", "select", "finetune", "reference", "eval"}  # every stage that builds a prompt
 # PruneConfig field -> the stages whose own config it changes (the report quotes every option, so it is added to each).
 FEEDS: dict[str, set[str]] = {
-    "model": {"resolve", "score", "build", "reference", "register"},  # register: the default name comes from the model
+    "model": {"resolve", "score", "build", "finetune", "reference", "register"},  # register: the default name; finetune: the teacher
     "keep": {"select"},
     "min_retained": {"select"},
     "name": {"register"},
@@ -28,10 +28,11 @@ FEEDS: dict[str, set[str]] = {
     "methods": {"score"},
     "strategy": {"select"},
     "bridge": {"build"},
-    "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING,
+    "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING, "rank_regimes": HEALING,
+    "teacher": {"finetune"}, "listwise_weight": {"finetune"}, "distill_temperature": {"finetune"}, "align_weight": {"finetune"},  # the reference has no teacher
     "outtype": {"export", "bench", "eval"},  # bench times the original exported at that outtype; eval asks it in chat
     "register": {"register"},
-    "hf": {"resolve", "score", "select", "build", "reference"},
+    "hf": {"resolve", "score", "select", "build", "finetune", "reference"},
     "calib_users": {"score"},
     "val_users": {"select"},
     "eval_users": {"eval"},
@@ -54,7 +55,8 @@ def _base(tmp_path: Path) -> PruneConfig:
 def _other(name: str, value: Any, tmp_path: Path) -> Any:
     """A different value for field ``name`` of the right kind."""
     special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
-               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat", "min_retained": 0.9}
+               "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat", "min_retained": 0.9,
+               "teacher": "none", "rank_regimes": ("uniform",)}
     if name in special:
         return special[name]
     if isinstance(value, bool):

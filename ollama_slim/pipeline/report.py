@@ -216,7 +216,10 @@ def _describe_finetune(info: dict[str, Any]) -> str:
     if not info:
         return "none"
     parts = [f"{k}={v}" for k, v in info.items() if k in ("mode", "steps", "lora_rank", "lr", "batch_size", "distill_from", "examples", "final_loss")]
-    parts += [f"ranking over {info['ranking']}"] * ("ranking" in info) + [info["teacher"]] * ("teacher" in info)
+    if "ranking" in info:
+        parts.append(f"ranking over {info['ranking']}")
+    if "teacher" in info:
+        parts.append(info["teacher"])
     return ", ".join(parts) or "done"
 
 

@@ -88,16 +88,8 @@ def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
     config = _healing(c, model=str(layout.compact_dir), hf=None, out=layout.healed_dir, run_dir=layout.root)
     if not c.distills():
         return config
-    return replace(config, distill_from=_teacher_ref(c, layout), distill_weight=0.0, distill_listwise_weight=c.listwise_weight,
+    return replace(config, distill_from=c.model, distill_hf=c.hf, distill_weight=0.0, distill_listwise_weight=c.listwise_weight,
                    distill_temperature=c.distill_temperature, align_weight=c.align_weight, align_at="gap-end")
-
-
-def _teacher_ref(c: PruneConfig, layout: RunLayout) -> str:
-    """What the teacher loads from: the tag, the ``--hf`` directory, or the weights the resolve
-    stage fetched for an ``--hf`` repository id (a repository id alone names no Ollama model)."""
-    if c.hf is None or Path(c.hf).is_dir():
-        return c.hf or c.model
-    return str(paths.read_json(layout.resolve)["model_dir"])
 
 
 def _finetune_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:

@@ -45,6 +45,7 @@ class FinetuneConfig:
     lora_alpha: float | None = None
     full: bool = False
     distill_from: str | None = None
+    distill_hf: str | None = None  # where the teacher's weights are, as ``--hf`` for ``distill_from`` (a directory or repository id)
     distill_weight: float = 0.5
     distill_listwise_weight: float = 0.0
     distill_temperature: float = 1.0
@@ -106,7 +107,7 @@ _DEPENDENT = {
     "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
-_LATER = ("distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
+_LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 

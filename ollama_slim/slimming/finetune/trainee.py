@@ -95,7 +95,7 @@ def load_teacher(config: FinetuneConfig, student: Any) -> Any | None:
 
     if config.distill_from is None:
         return None
-    teacher = load_model(resolve(config.distill_from).model_dir)
+    teacher = load_model(resolve(config.distill_from, hf=config.distill_hf).model_dir)
     if teacher.get_input_embeddings().weight.shape[0] != student.get_input_embeddings().weight.shape[0]:
         raise UsageError(f"teacher {config.distill_from} has another vocabulary than the student", hint="distil from a model with the same tokenizer")
     teacher.requires_grad_(False)
