@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(TOOLS))
 
 import bench_quality as bq  # noqa: E402
 
+from ollama_slim import paths  # noqa: E402
 from ollama_slim.recsys.data import load_dataset  # noqa: E402
 from ollama_slim.recsys.metrics import bootstrap_interval, per_user_metrics, random_baseline  # noqa: E402
 from ollama_slim.recsys.retained import retained_on_lift  # noqa: E402
@@ -176,10 +176,9 @@ def plot(report: dict, target: Path) -> Path:
     ax.set_title(f"{report['config']['model']}: keep vs quality ({report['config']['outtype']} GGUF)", fontsize=10)
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with paths.atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, target)
     return target
 
 
@@ -189,9 +188,7 @@ def append_to_report(report_md: Path, text: str) -> None:
     earlier = report_md.read_text() if report_md.is_file() else ""
     if marker in earlier:
         earlier = earlier[: earlier.index(marker)].rstrip() + "\n"
-    tmp = report_md.with_name(f".{report_md.name}.{os.getpid()}.tmp")
-    tmp.write_text(earlier + ("\n" if earlier else "") + marker + "\n" + text)
-    os.replace(tmp, report_md)
+    paths.write_text(report_md, earlier + ("\n" if earlier else "") + marker + "\n" + text)
 
 
 def main(argv: list[str] | None = None) -> dict:

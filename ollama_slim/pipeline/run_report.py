@@ -35,7 +35,11 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
     if c.rank_negatives:
         terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
     if c.distills():
-        parts = [f"listwise KD weight {c.listwise_weight} at T {c.distill_temperature}"] * (c.listwise_weight > 0) + [f"alignment at the gap ends weight {c.align_weight}"] * (c.align_weight > 0)
+        parts = []
+        if c.listwise_weight > 0:
+            parts.append(f"listwise KD weight {c.listwise_weight} at T {c.distill_temperature}")
+        if c.align_weight > 0:
+            parts.append(f"alignment at the gap ends weight {c.align_weight}")
         terms["teacher"] = "distilled from the original (" + ", ".join(parts) + ")"
     return terms
 

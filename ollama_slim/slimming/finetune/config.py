@@ -83,6 +83,12 @@ class FinetuneConfig:
         """Whether the teacher goes beyond the title tokens: listwise KD, alignment or its cache."""
         return self.distill_from is not None and (self.distill_listwise_weight > 0 or self.align_weight > 0 or self.teacher_cache)
 
+    def teacher_dir(self) -> Path:
+        """The teacher's weights directory: ``distill_from`` resolved (with ``distill_hf``) like any model."""
+        from ollama_slim.models.sources import resolve
+
+        return Path(resolve(self.distill_from, hf=self.distill_hf).model_dir)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings a checkpoint must share with the run that resumes it.
 

@@ -80,11 +80,10 @@ class Distiller:
 
 def make_distiller(config: FinetuneConfig, *, teacher: Any, student: Any, model_dir: Path, cache_dir: Path) -> Distiller:
     """The distiller of ``config`` (``student``: the bare transformers model, no LoRA wrapper)."""
-    from ollama_slim.models.sources import resolve
 
     layers = aligned_layers(config, teacher=teacher, student=student, model_dir=model_dir) if config.align_weight > 0 else []
     plan = TeacherPlan(title=config.distill_weight > 0, scores=config.distill_listwise_weight > 0, layers=tuple(layers))
-    cache = TeacherCache(cache_dir, teacher_identity(Path(resolve(config.distill_from, hf=config.distill_hf).model_dir))) if config.teacher_cache else None
+    cache = TeacherCache(cache_dir, teacher_identity(config.teacher_dir())) if config.teacher_cache else None
     return Distiller(teacher=Teacher(model=teacher, plan=plan, cache=cache), head=get_module(teacher, family_of(teacher).lm_head),
                      title_weight=config.distill_weight, listwise_weight=config.distill_listwise_weight, temperature=config.distill_temperature,
                      align_weight=config.align_weight, align_kind=config.align_kind, student_layers=tuple(range(len(layers))))

@@ -91,11 +91,10 @@ def build_trainee(config: FinetuneConfig, model_dir: Path) -> tuple[Trainee, Any
 def load_teacher(config: FinetuneConfig, student: Any) -> Any | None:
     """The frozen distillation teacher (``None`` without ``distill_from``); its vocabulary must be the student's."""
     from ollama_slim.models.modeling import load_model
-    from ollama_slim.models.sources import resolve
 
     if config.distill_from is None:
         return None
-    teacher = load_model(resolve(config.distill_from, hf=config.distill_hf).model_dir)
+    teacher = load_model(config.teacher_dir())
     if teacher.get_input_embeddings().weight.shape[0] != student.get_input_embeddings().weight.shape[0]:
         raise UsageError(f"teacher {config.distill_from} has another vocabulary than the student", hint="distil from a model with the same tokenizer")
     teacher.requires_grad_(False)
