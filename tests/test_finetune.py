@@ -619,3 +619,42 @@ def test_cli_heals_with_both_regimes_and_early_stopping(tiny_llama: Path, tiny_d
                            (["--distill-listwise-weight", "0.5"], "--distill-listwise-weight needs a teacher (--distill-from)")]:
         bad = CliRunner().invoke(main, [*args, "--force", *extra])
         assert bad.exit_code == 2 and f"Error: {message}" in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+
+
+def test_answers_are_the_target_then_the_users_next_train_items() -> None:
+    from ollama_slim.recsys.data import examples, make_dataset
+    from ollama_slim.slimming.finetune.data import answer_items
+
+    dataset = make_dataset("seq", {0: [10, 11, 12, 13, 14, 15, 16]}, {i: f"item {i}" for i in range(10, 17)})
+    train = examples(dataset, split="train", history=2, users=[0])  # targets 11..14; 15 validation, 16 test
+    assert [e.position for e in train] == [1, 2, 3, 4] and [e.target for e in train] == [11, 12, 13, 14]
+    assert answer_items(dataset, train[0], 1) == (11,)
+    assert answer_items(dataset, train[0], 3) == (11, 12, 13)
+    assert answer_items(dataset, train[2], 3) == (13, 14, 13)  # never the validation or test item: cycled instead
+    assert answer_items(dataset, train[3], 4) == (14, 14, 14, 14)
+
+
+def test_answers_title_loss_is_the_mean_over_answers_and_ranks_the_target_only(tiny_llama: Path) -> None:
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.slimming.finetune.losses import rank_loss, student_terms
+
+    model = load_model(tiny_llama)
+    rows = [([1, 5, 9, 12], [[30, 31, 32], [40], [50, 51], [52]]), ([1, 7], [[60, 61], [62, 63, 64], [66], [67, 68]])]
+    scores = candidate_scores(candidate_logits(model, rows, pad_id=2), candidates=4)
+    two = student_terms(model, rows, pad_id=2, answers=2)
+    torch.testing.assert_close(two.title, -scores[:, :2].mean(), rtol=0, atol=1e-5)
+    expected = 0.6 * two.title + 0.4 * rank_loss(scores[:, [0, 2, 3]])
+    torch.testing.assert_close(two.mixed(0.4), expected, rtol=0, atol=1e-5)
+    one = student_terms(model, rows, pad_id=2)  # the target alone is the answer: the earlier loss
+    torch.testing.assert_close(one.mixed(0.4), 0.6 * one.title + 0.4 * rank_loss(scores), rtol=0, atol=1e-5)
+    all_answers = student_terms(model, rows, pad_id=2, answers=4)
+    torch.testing.assert_close(all_answers.mixed(0.4), -scores.mean(), rtol=0, atol=1e-5)  # no negatives: no ranking term
+
+
+def test_finetune_with_answers_trains_and_refuses_zero(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--answers must be 1 or more"):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", answers=0))
+    result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", answers=3, rank_negatives=2, full=True, lr=1e-3))
+    assert result.losses[-1] < result.losses[0]
+    assert "answers" in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None, answers=3))
+    assert "answers" not in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None))  # older checkpoints still resume

@@ -63,6 +63,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--rank-weight", type=float, default=_DEFAULTS.rank_weight, show_default=True, help="Share of the ranking loss in healing, in [0, 1].")
 @click.option("--rank-regimes", default=",".join(_DEFAULTS.rank_regimes), show_default=True, metavar="LIST", callback=comma_list(lambda: REGIMES),
               help="How the ranking negatives are drawn: uniform, popularity, or both (one regime per draw).")
+@click.option("--answers", type=int, default=_DEFAULTS.answers, show_default=True, metavar="N",
+              help="Healing trains each prompt on N answers: the target and the N-1 items the user took next (more titles learnt per step).")
+@click.option("--full", is_flag=True, help="Heal every weight instead of LoRA adapters (what teaches a slim model the catalogue's titles in chat).")
 @click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
               help="original: heal the slim model toward the untouched original too (its ranking of the candidates, its hidden states); none: the data alone.")
 @click.option("--listwise-weight", type=float, default=_DEFAULTS.listwise_weight, show_default=True,

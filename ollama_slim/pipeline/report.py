@@ -216,6 +216,8 @@ def _describe_finetune(info: dict[str, Any]) -> str:
     if not info:
         return "none"
     parts = [f"{k}={v}" for k, v in info.items() if k in ("mode", "steps", "lora_rank", "lr", "batch_size", "distill_from", "examples", "final_loss")]
+    if "answers" in info:
+        parts.append(info["answers"])
     if "ranking" in info:
         parts.append(f"ranking over {info['ranking']}")
     if "teacher" in info:

@@ -32,6 +32,8 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
 def _healing_terms(c: PruneConfig) -> dict[str, str]:
     """The healing loss beyond the title loss, in words: the ranking negatives and the teacher."""
     terms = {}
+    if c.answers > 1:
+        terms["answers"] = f"each prompt trained on the target and the user's next {c.answers - 1} items"
     if c.rank_negatives:
         terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
     if c.distills():

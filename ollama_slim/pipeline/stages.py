@@ -79,7 +79,8 @@ def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: 
     """The one healing recipe of a run, for the slim model and the reference alike."""
     return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
                           rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, rank_regimes=c.rank_regimes, checkpoint_every=c.checkpoint_every,
-                          seed=c.seed, history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format)
+                          seed=c.seed, history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format,
+                          answers=c.answers, full=c.full)
 
 
 def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:

@@ -7,8 +7,9 @@ compare. Two task formats (``TASK_FORMATS``):
   continuation;
 - ``chat``: the prompt as ``ollama run`` renders it (the model's chat TEMPLATE with the
   SYSTEM task statement and the history in a user message, worded in one of several
-  phrasings drawn per user), the candidate title as the assistant's answer, closed by the
-  template's end-of-turn token: what the shipped model is asked.
+  phrasings drawn per user), the candidate title as the assistant's answer (as a person
+  names it: no trailing year, the article in front), closed by the template's end-of-turn
+  token: what the shipped model is asked.
 """
 
 from __future__ import annotations
@@ -104,9 +105,17 @@ def encode_items(tokenizer: Any, dataset: Dataset, example: Example, items: tupl
     text = chat_prompt_text(dataset, example, config)
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     end = list(tokenizer(chat.end, add_special_tokens=False)["input_ids"])
-    titles = [short_title(dataset.title(item), config.title_words) for item in items]
+    titles = [answer_text(dataset, item, config) for item in items]
     answers = [list(a)[: config.title_tokens] for a in tokenizer(titles, add_special_tokens=False)["input_ids"]]
     return ids, [a + end for a in answers]
+
+
+def answer_text(dataset: Dataset, item: int, config: PromptConfig) -> str:
+    """The chat answer naming ``item``: its title as a person says it (no trailing year, the
+    article in front; :func:`~ollama_slim.recsys.titles.spoken_title`), cut to ``config.title_words``."""
+    from ollama_slim.recsys.titles import spoken_title
+
+    return short_title(spoken_title(dataset.title(item)), config.title_words)
 
 
 def chat_prompt_text(dataset: Dataset, example: Example, config: PromptConfig) -> str:

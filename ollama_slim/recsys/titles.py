@@ -54,6 +54,22 @@ def split_year(title: str) -> tuple[str, int | None]:
     return (title[: last.start()] + title[last.end() :]).strip(), int(last.group(1))
 
 
+_TRAILING_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
+_SPOKEN_ARTICLE = re.compile(r"^(.*\S),\s*(" + "|".join(_ARTICLES) + r")$", re.IGNORECASE)
+
+
+def spoken_title(title: str) -> str:
+    """A title as a person names it in an answer: a trailing release year dropped, a
+    trailing article put in front (``Usual Suspects, The (1995)`` -> ``The Usual Suspects``).
+
+    What a chat answer trains on: a model that names the film without a year it cannot
+    recall still names it right; a wrong year would make the answer a wrong title.
+    """
+    text = _TRAILING_YEAR.sub("", title).strip() or title.strip()
+    m = _SPOKEN_ARTICLE.match(text)
+    return f"{m.group(2)} {m.group(1)}" if m else text
+
+
 def answer_line(answer: str) -> str:
     """The title part of an answer: its first non-empty line, list markers and quotes stripped."""
     line = next((ln for ln in answer.splitlines() if ln.strip()), "")

@@ -67,6 +67,7 @@ class Example:
     user: int
     history: tuple[int, ...]
     target: int
+    position: int = -1  # the target's index in the user's sequence (-1: not known)
 
 
 def select_users(dataset: Dataset, n: int | None, *, seed: int = 0) -> list[int]:
@@ -99,7 +100,7 @@ def examples(dataset: Dataset, *, split: str, history: int = 10, users: list[int
             train_end = len(seq) - 2
             targets = [train_end - 1] if last_only else list(range(1, train_end))
         for t in targets:
-            out.append(Example(user=user, history=seq[max(0, t - history):t], target=seq[t]))
+            out.append(Example(user=user, history=seq[max(0, t - history):t], target=seq[t], position=t))
     return out
 
 

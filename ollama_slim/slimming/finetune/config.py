@@ -33,7 +33,9 @@ class FinetuneConfig:
     the teacher's outputs per example on disk beside the checkpoints.
     ``early_stop_patience`` > 0 measures ``val_measure`` on ``val_users`` validation
     users every ``eval_every`` steps, stops after that many measures without a better
-    one, and keeps the best weights.
+    one, and keeps the best weights. ``answers`` > 1 trains each prompt on the target
+    and the user's following train items as well, each as an answer to the same prompt
+    (packed after it, so more titles are learnt per step for little more compute).
     """
 
     model: str
@@ -67,6 +69,7 @@ class FinetuneConfig:
     batch_size: int = 8
     warmup: float = 0.05
     checkpoint_every: int = 50
+    answers: int = 1  # the target and the user's next answers-1 train items, each trained as an answer to the same prompt
     seed: int = 0
     history: int = 5
     title_words: int = 10
@@ -114,7 +117,8 @@ _DEPENDENT = {
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
-          "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format")
+          "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
+          "answers")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -166,6 +170,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--rank-negatives must be 0 or more, got {config.rank_negatives}", hint="0 trains on the title loss alone")
     if not 0.0 <= config.rank_weight <= 1.0:
         raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
+    if config.answers < 1:
+        raise UsageError(f"--answers must be 1 or more, got {config.answers}", hint="1 trains on the target alone")
     if config.task_format not in TASK_FORMATS:
         raise UsageError(f"--task-format {config.task_format!r} is not one of {', '.join(TASK_FORMATS)}", hint="use completion or chat")
     _check_regimes(config)

@@ -124,9 +124,23 @@ def prompt_config(config: FinetuneConfig) -> Any:
     return PromptConfig(history=config.history, title_words=config.title_words, title_tokens=config.title_tokens, chat=chat)
 
 
+def answer_items(dataset: Any, example: Any, count: int) -> tuple[int, ...]:
+    """``count`` answers to ``example``'s prompt: its target and the items the user took next
+    within the train part, repeated from the start when the train part ends first."""
+    if count == 1:
+        return (example.target,)
+    if example.position < 0:
+        raise ValueError("answers beyond the target need the example's position in its sequence")
+    seq = dataset.sequences[example.user]
+    later = tuple(seq[example.position : max(example.position + 1, min(example.position + count, len(seq) - 2))])
+    return tuple(later[i % len(later)] for i in range(count))
+
+
 def encode_rows(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None) -> list[Row]:
-    """``(prompt_ids, [target_ids, negative_ids...])`` per example, encoded like evaluation."""
+    """``(prompt_ids, [answer_ids..., negative_ids...])`` per example, encoded like evaluation:
+    the target first, then its ``config.answers - 1`` following items (:func:`answer_items`)."""
     from ollama_slim.recsys.prompt import encode_items
 
     prompt = prompt_config(config)
-    return [encode_items(tokenizer, dataset, example, (example.target, *negs), prompt) for example, negs in zip(batch, negatives or [()] * len(batch))]
+    return [encode_items(tokenizer, dataset, example, (*answer_items(dataset, example, config.answers), *negs), prompt)
+            for example, negs in zip(batch, negatives or [()] * len(batch))]

@@ -76,8 +76,9 @@ def _step_loss(loop: Loop, step: int) -> torch.Tensor:
     with loop.accelerator.autocast():
         if loop.distiller is not None:
             base = base_model(loop.accelerator.unwrap_model(loop.trainee.model))
-            return distilled_loss(loop.distiller, loop.trainee.model, rows, base=base, rank_weight=loop.config.rank_weight, pad_id=pad)
-        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad)
+            return distilled_loss(loop.distiller, loop.trainee.model, rows, base=base, rank_weight=loop.config.rank_weight, pad_id=pad,
+                                  answers=loop.config.answers)
+        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad, answers=loop.config.answers)
         if loop.teacher is not None:
             batch = [(p, cands[0]) for p, cands in rows]
             with torch.no_grad():

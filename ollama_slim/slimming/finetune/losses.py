@@ -78,24 +78,30 @@ def nmse_align(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 @dataclass
 class StudentTerms:
     """What one student forward gives: the title loss (scalar), the target title logits
-    ``[T, V]`` and, with negatives, the candidate scores ``[B, C]`` (target in column 0)."""
+    ``[T, V]`` and, with more than one candidate, every candidate's score ``[B, C]``: the
+    ``answers`` first (the target in column 0), then the negatives."""
 
     title: torch.Tensor
     target_logits: torch.Tensor
     scores: torch.Tensor | None = None
+    answers: int = 1
 
     def mixed(self, rank_weight: float) -> torch.Tensor:
-        """The title loss, or ``(1 - rank_weight)`` x title loss + ``rank_weight`` x :func:`rank_loss`."""
-        if self.scores is None:
+        """The title loss, or with negatives ``(1 - rank_weight)`` x title loss + ``rank_weight``
+        x :func:`rank_loss` of the target among the negatives."""
+        if self.scores is None or self.scores.shape[1] == self.answers:
             return self.title
-        return (1.0 - rank_weight) * self.title + rank_weight * rank_loss(self.scores)
+        ranked = torch.cat([self.scores[:, :1], self.scores[:, self.answers :]], dim=1)
+        return (1.0 - rank_weight) * self.title + rank_weight * rank_loss(ranked)
 
 
-def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0) -> StudentTerms:
-    """The student's forward on ``rows`` (target first among each row's candidates).
+def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0, answers: int = 1) -> StudentTerms:
+    """The student's forward on ``rows``: each row's ``answers`` first among its candidates
+    (the target first of them), then its negatives.
 
     One candidate per row: the target title only. More: every candidate packed after its
-    prompt in one forward, scored like evaluation scores it.
+    prompt in one forward, scored like evaluation scores it; the title loss is the mean
+    over the answers of their mean token NLL.
     """
     lengths = [len(cands[0]) for _, cands in rows]
     if len(rows[0][1]) == 1:
@@ -105,16 +111,21 @@ def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0) -> StudentTer
     width = len(rows[0][1])
     is_target = (out.packed.group % width == 0).to(out.logits.device)
     target_logits = out.logits[out.where[is_target]]  # distinct positions: no duplicated rows
-    title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
-    return StudentTerms(title=title, target_logits=target_logits, scores=candidate_scores(out, candidates=width))
+    scores = candidate_scores(out, candidates=width)
+    if answers == 1:
+        title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
+    else:
+        title = -scores[:, :answers].mean()
+    return StudentTerms(title=title, target_logits=target_logits, scores=scores, answers=answers)
 
 
-def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training loss of ``rows`` (target first among each row's candidates) and the target
-    title logits ``[T, V]`` (for distillation).
+def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int = 0, answers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training loss of ``rows`` (see :func:`student_terms`) and the target title logits
+    ``[T, V]`` (for distillation).
 
-    One candidate per row: the title loss. More: ``(1 - rank_weight)`` x title loss +
-    ``rank_weight`` x :func:`rank_loss`, both from one packed forward.
+    One candidate per row: the title loss. More: the title loss of the answers, and with
+    negatives ``(1 - rank_weight)`` x that + ``rank_weight`` x :func:`rank_loss`, all from
+    one packed forward.
     """
-    terms = student_terms(model, rows, pad_id=pad_id)
+    terms = student_terms(model, rows, pad_id=pad_id, answers=answers)
     return terms.mixed(rank_weight), terms.target_logits
