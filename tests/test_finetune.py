@@ -658,3 +658,26 @@ def test_finetune_with_answers_trains_and_refuses_zero(tiny_llama: Path, tiny_da
     assert result.losses[-1] < result.losses[0]
     assert "answers" in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None, answers=3))
     assert "answers" not in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None))  # older checkpoints still resume
+
+
+def test_popularity_debias_weighs_rare_answers_up_and_trains(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from ollama_slim.models.modeling import load_model
+    from ollama_slim.slimming.finetune.data import AnswerWeights
+    from ollama_slim.slimming.finetune.losses import student_terms
+
+    weights = AnswerWeights(_skewed_dataset(), beta=1.0)  # items 0-4: 17-18 train counts; 10+u: 1
+    w = weights([(0, 11), (12, 1)])
+    assert w.shape == (2, 2) and abs(float(w.mean()) - 1.0) < 1e-6
+    assert w[0, 1] > 10 * w[0, 0] and w[1, 0] > 10 * w[1, 1]
+    assert torch.equal(AnswerWeights(_skewed_dataset(), beta=0.0)([(0, 11)]), torch.ones(1, 2))
+    model = load_model(tiny_llama)
+    rows = [([1, 5, 9, 12], [[30, 31, 32], [40]]), ([1, 7], [[60, 61], [62, 63, 64]])]
+    scores = candidate_scores(candidate_logits(model, rows, pad_id=2), candidates=2)
+    weighted = student_terms(model, rows, pad_id=2, answers=2, weights=w)
+    torch.testing.assert_close(weighted.title, -(scores * w).mean(), rtol=0, atol=1e-5)
+    single = student_terms(model, [(p, c[:1]) for p, c in rows], pad_id=2, weights=w[:, :1])
+    torch.testing.assert_close(single.title, -(scores[:, 0] * w[:, 0]).mean(), rtol=0, atol=1e-4)
+    with pytest.raises(UsageError, match="--popularity-debias must be 0 or more"):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", popularity_debias=-1.0))
+    result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", answers=2, popularity_debias=0.5, full=True, lr=1e-3))
+    assert result.losses[-1] < result.losses[0]

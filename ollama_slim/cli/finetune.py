@@ -64,6 +64,9 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--answers", type=int, default=_DEFAULTS["answers"], show_default=True, metavar="N",
               help="Train each prompt on N answers: the target and the N-1 items the user took next, packed after one prompt "
                    "(more titles learnt per step for little more compute). 1: the target alone.")
+@click.option("--popularity-debias", type=float, default=_DEFAULTS["popularity_debias"], show_default=True, metavar="B",
+              help="Weight each answer's title loss by its item's train count ** -B (mean 1 per batch), so that a popular item "
+                   "stops being every user's likeliest answer. 0: every answer alike.")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
               help="completion: a raw prompt, the title as its continuation; chat: the prompt as `ollama run` renders it (chat template, SYSTEM, "
                    "history in a user message in one of several wordings), the title as the answer closed by end-of-turn.")
@@ -77,7 +80,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
             align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
             early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
-            batch_size: int, checkpoint_every: int, users: int | None, history: int, answers: int, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
+            batch_size: int, checkpoint_every: int, users: int | None, history: int, answers: int, popularity_debias: float, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
             force: bool, as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
     (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
@@ -100,7 +103,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
         align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
         early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
         val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
-        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, users=users, hf=hf, force=force, task_format=task_format,
+        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, users=users, hf=hf, force=force, task_format=task_format,
     )
     check_config(config)  # a bad option: one line, before the progress bar
     columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]

@@ -36,6 +36,7 @@ class PruneConfig:
     rank_weight: float = 0.5
     rank_regimes: tuple[str, ...] = ("uniform", "popularity")
     answers: int = 1  # each prompt also trained on the user's next answers-1 train items (FinetuneConfig.answers)
+    popularity_debias: float = 0.0  # answers weighted by train count ** -popularity_debias (FinetuneConfig)
     full: bool = False  # heal every weight instead of LoRA adapters
     # Healing distils from the untouched original (issue 11, measured on the quickstart run: 100 MovieLens
     # test users, retained on lift 0.49 -> 1.00): its distribution over the target and negatives at

@@ -34,6 +34,8 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
     terms = {}
     if c.answers > 1:
         terms["answers"] = f"each prompt trained on the target and the user's next {c.answers - 1} items"
+    if c.popularity_debias > 0:
+        terms["answers"] = terms.get("answers", "answers") + f" weighted by train count^-{c.popularity_debias}"
     if c.rank_negatives:
         terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
     if c.distills():

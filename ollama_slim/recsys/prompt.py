@@ -7,8 +7,8 @@ compare. Two task formats (``TASK_FORMATS``):
   continuation;
 - ``chat``: the prompt as ``ollama run`` renders it (the model's chat TEMPLATE with the
   SYSTEM task statement and the history in a user message, worded in one of several
-  phrasings drawn per user), the candidate title as the assistant's answer (as a person
-  names it: no trailing year, the article in front), closed by the template's end-of-turn
+  phrasings drawn per user), the candidate title as the assistant's answer (without its
+  trailing year), closed by the template's end-of-turn
   token: what the shipped model is asked.
 """
 
@@ -111,11 +111,11 @@ def encode_items(tokenizer: Any, dataset: Dataset, example: Example, items: tupl
 
 
 def answer_text(dataset: Dataset, item: int, config: PromptConfig) -> str:
-    """The chat answer naming ``item``: its title as a person says it (no trailing year, the
-    article in front; :func:`~ollama_slim.recsys.titles.spoken_title`), cut to ``config.title_words``."""
-    from ollama_slim.recsys.titles import spoken_title
+    """The chat answer naming ``item``: its title without the trailing year
+    (:func:`~ollama_slim.recsys.titles.answer_title`), cut to ``config.title_words``."""
+    from ollama_slim.recsys.titles import answer_title
 
-    return short_title(spoken_title(dataset.title(item)), config.title_words)
+    return short_title(answer_title(dataset.title(item)), config.title_words)
 
 
 def chat_prompt_text(dataset: Dataset, example: Example, config: PromptConfig) -> str:

@@ -55,19 +55,19 @@ def split_year(title: str) -> tuple[str, int | None]:
 
 
 _TRAILING_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_SPOKEN_ARTICLE = re.compile(r"^(.*\S),\s*(" + "|".join(_ARTICLES) + r")$", re.IGNORECASE)
 
 
-def spoken_title(title: str) -> str:
-    """A title as a person names it in an answer: a trailing release year dropped, a
-    trailing article put in front (``Usual Suspects, The (1995)`` -> ``The Usual Suspects``).
+def answer_title(title: str) -> str:
+    """A catalogue title as a chat answer names it: its trailing release year dropped
+    (``Usual Suspects, The (1995)`` -> ``Usual Suspects, The``), otherwise as the catalogue
+    writes it, as the user's list shows it.
 
-    What a chat answer trains on: a model that names the film without a year it cannot
-    recall still names it right; a wrong year would make the answer a wrong title.
+    What a chat answer trains on: a small model names the right film far more often than
+    its right year, and a wrong year makes the answer a wrong title. The article stays where
+    the catalogue puts it: put in front, ``The`` becomes the likeliest first token of every
+    answer and greedy decoding opens every answer with it.
     """
-    text = _TRAILING_YEAR.sub("", title).strip() or title.strip()
-    m = _SPOKEN_ARTICLE.match(text)
-    return f"{m.group(2)} {m.group(1)}" if m else text
+    return _TRAILING_YEAR.sub("", title).strip() or title.strip()
 
 
 def answer_line(answer: str) -> str:

@@ -36,6 +36,9 @@ class FinetuneConfig:
     one, and keeps the best weights. ``answers`` > 1 trains each prompt on the target
     and the user's following train items as well, each as an answer to the same prompt
     (packed after it, so more titles are learnt per step for little more compute).
+    ``popularity_debias`` > 0 weights each answer's title loss by its item's train count to
+    the power ``-popularity_debias`` (normalised to mean 1 per batch), so that a popular
+    item stops being every user's likeliest answer.
     """
 
     model: str
@@ -70,6 +73,7 @@ class FinetuneConfig:
     warmup: float = 0.05
     checkpoint_every: int = 50
     answers: int = 1  # the target and the user's next answers-1 train items, each trained as an answer to the same prompt
+    popularity_debias: float = 0.0  # each answer's title loss weighted by its train count ** -popularity_debias
     seed: int = 0
     history: int = 5
     title_words: int = 10
@@ -118,7 +122,7 @@ _DEPENDENT = {
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers")
+          "answers", "popularity_debias")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -172,6 +176,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
     if config.answers < 1:
         raise UsageError(f"--answers must be 1 or more, got {config.answers}", hint="1 trains on the target alone")
+    if not config.popularity_debias >= 0.0:
+        raise UsageError(f"--popularity-debias must be 0 or more, got {config.popularity_debias}", hint="0 weighs every answer alike; 0.5 is a mild debias")
     if config.task_format not in TASK_FORMATS:
         raise UsageError(f"--task-format {config.task_format!r} is not one of {', '.join(TASK_FORMATS)}", hint="use completion or chat")
     _check_regimes(config)

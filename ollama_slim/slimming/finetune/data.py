@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 
 from ollama_slim.errors import UsageError
 from ollama_slim.models.lm import Row
@@ -134,6 +135,26 @@ def answer_items(dataset: Any, example: Any, count: int) -> tuple[int, ...]:
     seq = dataset.sequences[example.user]
     later = tuple(seq[example.position : max(example.position + 1, min(example.position + count, len(seq) - 2))])
     return tuple(later[i % len(later)] for i in range(count))
+
+
+@dataclass
+class AnswerWeights:
+    """Popularity debiasing of the answers: item ``i`` weighs ``max(1, train count) ** -beta``,
+    normalised to mean 1 over a batch's answers."""
+
+    dataset: Any
+    beta: float
+    counts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from ollama_slim.recsys.data import train_popularity
+
+        self.counts = train_popularity(self.dataset)
+
+    def __call__(self, answers: list[tuple[int, ...]]) -> torch.Tensor:
+        """``[B, A]`` weights of the ``A`` answers of each of ``B`` examples."""
+        w = torch.tensor([[float(max(1, self.counts.get(int(i), 0))) ** -self.beta for i in row] for row in answers])
+        return w / w.mean()
 
 
 def encode_rows(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None) -> list[Row]:

@@ -103,7 +103,8 @@ def _title_kd(d: Distiller, terms: StudentTerms, targets: list[Targets]) -> torc
     return distill_loss(terms.target_logits, teacher_logits, [len(t["head_in"]) for t in targets])
 
 
-def distilled_loss(d: Distiller, model: Any, rows: list[Row], *, base: Any, rank_weight: float, pad_id: int = 0, answers: int = 1) -> torch.Tensor:
+def distilled_loss(d: Distiller, model: Any, rows: list[Row], *, base: Any, rank_weight: float, pad_id: int = 0, answers: int = 1,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """One step's loss with the teacher (scalar); ``base``: the transformers model inside ``model``.
 
     ``(1 - title_weight)`` x the student's loss + ``title_weight`` x title-token KL, plus
@@ -111,7 +112,7 @@ def distilled_loss(d: Distiller, model: Any, rows: list[Row], *, base: Any, rank
     ``align_weight`` x the alignment of the student's layer outputs ``[L, T, d]`` with the teacher's.
     """
     with recorded(base, layers=d.student_layers) as seen:
-        terms = student_terms(model, rows, pad_id=pad_id, answers=answers)
+        terms = student_terms(model, rows, pad_id=pad_id, answers=answers, weights=weights)
     loss = terms.mixed(rank_weight)
     targets = d.teacher.targets(rows, pad_id=pad_id)
     device = terms.target_logits.device

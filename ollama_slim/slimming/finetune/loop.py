@@ -15,7 +15,7 @@ from ollama_slim.models.lm import Row, title_logits
 from ollama_slim.slimming.bridges import attach_bridge
 from ollama_slim.slimming.finetune.checkpoints import save_checkpoint
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress
-from ollama_slim.slimming.finetune.data import Negatives, batch_indices, encode_rows
+from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, answer_items, batch_indices, encode_rows
 from ollama_slim.slimming.finetune.distill import Distiller, distilled_loss
 from ollama_slim.slimming.finetune.losses import distill_loss, student_loss
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model
@@ -51,13 +51,15 @@ class Loop:
     accelerator: Any
     total: int
     negatives: Negatives | None = None  # with rank_negatives
+    weights: AnswerWeights | None = None  # with popularity_debias
     distiller: Distiller | None = None  # teacher beyond the title tokens
     validator: Validator | None = None  # with early stopping, and:
     early: EarlyStop | None = None
 
 
-def _step_rows(loop: Loop, step: int) -> list[Row]:
-    """This process's share of step ``step``'s batch, encoded with its candidates."""
+def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
+    """This process's share of step ``step``'s batch, encoded with its candidates, and the
+    weights of its answers (``None`` without popularity debiasing)."""
     acc, config = loop.accelerator, loop.config
     indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(loop.examples), seed=config.seed)
     mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
@@ -66,19 +68,21 @@ def _step_rows(loop: Loop, step: int) -> list[Row]:
     if config.rank_negatives > 0:
         draws = loop.negatives or Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed)
         negatives = [draws.draw(loop.examples[i], step=step, index=i)[1] for i in mine]
-    return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives)
+    weights = loop.weights([answer_items(loop.dataset, e, config.answers) for e in chosen]) if loop.weights is not None else None
+    return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives), weights
 
 
 def _step_loss(loop: Loop, step: int) -> torch.Tensor:
     """The loss of this process's share of step ``step``'s batch (scalar)."""
-    rows = _step_rows(loop, step)
+    rows, weights = _step_rows(loop, step)
     pad = loop.tokenizer.pad_token_id or 0
     with loop.accelerator.autocast():
         if loop.distiller is not None:
             base = base_model(loop.accelerator.unwrap_model(loop.trainee.model))
             return distilled_loss(loop.distiller, loop.trainee.model, rows, base=base, rank_weight=loop.config.rank_weight, pad_id=pad,
-                                  answers=loop.config.answers)
-        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad, answers=loop.config.answers)
+                                  answers=loop.config.answers, weights=weights)
+        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad, answers=loop.config.answers,
+                                    weights=weights)
         if loop.teacher is not None:
             batch = [(p, cands[0]) for p, cands in rows]
             with torch.no_grad():

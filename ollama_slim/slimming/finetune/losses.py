@@ -95,31 +95,35 @@ class StudentTerms:
         return (1.0 - rank_weight) * self.title + rank_weight * rank_loss(ranked)
 
 
-def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0, answers: int = 1) -> StudentTerms:
+def student_terms(model: Any, rows: list[Row], *, pad_id: int = 0, answers: int = 1, weights: torch.Tensor | None = None) -> StudentTerms:
     """The student's forward on ``rows``: each row's ``answers`` first among its candidates
     (the target first of them), then its negatives.
 
     One candidate per row: the target title only. More: every candidate packed after its
     prompt in one forward, scored like evaluation scores it; the title loss is the mean
-    over the answers of their mean token NLL.
+    over the answers of their mean token NLL (weighted by ``weights`` ``[B, answers]``, mean 1).
     """
     lengths = [len(cands[0]) for _, cands in rows]
     if len(rows[0][1]) == 1:
         logits, targets = title_logits(model, [(p, cands[0]) for p, cands in rows], pad_id=pad_id)
-        return StudentTerms(title=title_loss(logits, targets, lengths), target_logits=logits)
+        if weights is None:
+            return StudentTerms(title=title_loss(logits, targets, lengths), target_logits=logits)
+        nll = nll_per_title(logits, targets, lengths)
+        return StudentTerms(title=(nll * weights[:, 0].to(nll.device)).mean(), target_logits=logits)
     out = candidate_logits(model, rows, pad_id=pad_id)
     width = len(rows[0][1])
     is_target = (out.packed.group % width == 0).to(out.logits.device)
     target_logits = out.logits[out.where[is_target]]  # distinct positions: no duplicated rows
     scores = candidate_scores(out, candidates=width)
-    if answers == 1:
+    if answers == 1 and weights is None:
         title = title_loss(target_logits, out.packed.tgt.to(out.logits.device)[is_target], lengths)
     else:
-        title = -scores[:, :answers].mean()
+        title = -(scores[:, :answers] * (1.0 if weights is None else weights.to(scores.device))).mean()
     return StudentTerms(title=title, target_logits=target_logits, scores=scores, answers=answers)
 
 
-def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int = 0, answers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int = 0, answers: int = 1,
+                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Training loss of ``rows`` (see :func:`student_terms`) and the target title logits
     ``[T, V]`` (for distillation).
 
@@ -127,5 +131,5 @@ def student_loss(model: Any, rows: list[Row], *, rank_weight: float, pad_id: int
     negatives ``(1 - rank_weight)`` x that + ``rank_weight`` x :func:`rank_loss`, all from
     one packed forward.
     """
-    terms = student_terms(model, rows, pad_id=pad_id, answers=answers)
+    terms = student_terms(model, rows, pad_id=pad_id, answers=answers, weights=weights)
     return terms.mixed(rank_weight), terms.target_logits

@@ -15,7 +15,7 @@ from ollama_slim.errors import RunError, UsageError
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.slimming.finetune.checkpoints import latest_checkpoint, load_early_stop, resume
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress, FinetuneResult, Places, check_config, places
-from ollama_slim.slimming.finetune.data import Negatives, check_negatives, train_examples
+from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, check_negatives, train_examples
 from ollama_slim.slimming.finetune.distill import make_distiller
 from ollama_slim.slimming.finetune.loop import Loop, run_loop, total_steps
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model, build_trainee, load_teacher, merged_model
@@ -74,6 +74,8 @@ def _add_options(loop: Loop, where: Places, start: int) -> None:
     config, accelerator = loop.config, loop.accelerator
     if config.rank_negatives > 0:
         loop.negatives = Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed, regimes=config.rank_regimes, fixed=config.fixed_negatives)
+    if config.popularity_debias > 0:
+        loop.weights = AnswerWeights(loop.dataset, beta=config.popularity_debias)
     if loop.teacher is not None and config.uses_distiller():
         loop.distiller = make_distiller(config, teacher=accelerator.unwrap_model(loop.teacher), student=base_model(accelerator.unwrap_model(loop.trainee.model)),
                                         model_dir=where.model_dir, cache_dir=where.teacher_cache_dir)
