@@ -124,6 +124,7 @@ def test_prune_in_the_chat_format_end_to_end(tiny_llama: Path, toy_data: Path, t
     assert json.loads((run / "finetune.json").read_text())["mode"] == "full"
     report = (run / "report.md").read_text()
     assert "the target and the user's next 2 items weighted by train count^-0.5" in report
+    assert "mode=full" in report and "lora_rank" not in report
     for label in ("original", "slim", "shipped"):
         record = json.loads((run / f"eval_{label}.json").read_text())
         assert record["config"]["task_format"] == "chat", label

@@ -215,7 +215,8 @@ def _export_lines(export: dict[str, Any] | None) -> list[str]:
 def _describe_finetune(info: dict[str, Any]) -> str:
     if not info:
         return "none"
-    parts = [f"{k}={v}" for k, v in info.items() if k in ("mode", "steps", "lora_rank", "lr", "batch_size", "distill_from", "examples", "final_loss")]
+    shown = ("mode", "steps", "lr", "batch_size", "distill_from", "examples", "final_loss") + (() if info.get("mode") == "full" else ("lora_rank",))
+    parts = [f"{k}={v}" for k, v in info.items() if k in shown]
     if "answers" in info:
         parts.append(info["answers"])
     if "ranking" in info:
