@@ -65,8 +65,8 @@ _DEFAULTS = defaults(FinetuneConfig)
               help="Train each prompt on N answers: the target and the N-1 items the user took next, packed after one prompt "
                    "(more titles learnt per step for little more compute). 1: the target alone.")
 @click.option("--popularity-debias", type=float, default=_DEFAULTS["popularity_debias"], show_default=True, metavar="B",
-              help="Weight each answer's title loss by its item's train count ** -B (mean 1 per batch), so that a popular item "
-                   "stops being every user's likeliest answer. 0: every answer alike.")
+              help="Weight each answer's title loss by its item's train count ** -B (mean 1 per batch): rare answers count more, "
+                   "popular ones less. 0: every answer alike.")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
               help="completion: a raw prompt, the title as its continuation; chat: the prompt as `ollama run` renders it (chat template, SYSTEM, "
                    "history in a user message in one of several wordings), the title as the answer closed by end-of-turn.")

@@ -66,7 +66,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--answers", type=int, default=_DEFAULTS.answers, show_default=True, metavar="N",
               help="Healing trains each prompt on N answers: the target and the N-1 items the user took next (more titles learnt per step).")
 @click.option("--popularity-debias", type=float, default=_DEFAULTS.popularity_debias, show_default=True, metavar="B",
-              help="Healing weighs each answer by its item's train count ** -B, so that one popular item is not everyone's answer.")
+              help="Healing weighs each answer by its item's train count ** -B: rare answers count more, popular ones less.")
 @click.option("--full", is_flag=True, help="Heal every weight instead of LoRA adapters (what teaches a slim model the catalogue's titles in chat).")
 @click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
               help="original: heal the slim model toward the untouched original too (its ranking of the candidates, its hidden states); none: the data alone.")

@@ -37,8 +37,8 @@ class FinetuneConfig:
     and the user's following train items as well, each as an answer to the same prompt
     (packed after it, so more titles are learnt per step for little more compute).
     ``popularity_debias`` > 0 weights each answer's title loss by its item's train count to
-    the power ``-popularity_debias`` (normalised to mean 1 per batch), so that a popular
-    item stops being every user's likeliest answer.
+    the power ``-popularity_debias`` (normalised to mean 1 per batch): rare answers count
+    more, popular ones less.
     """
 
     model: str
