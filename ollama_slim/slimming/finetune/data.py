@@ -157,11 +157,13 @@ class AnswerWeights:
         return w / w.mean()
 
 
-def encode_rows(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None) -> list[Row]:
+def encode_rows(tokenizer: Any, dataset: Any, batch: list[Any], config: FinetuneConfig, negatives: list[tuple[int, ...]] | None = None,
+                answers: list[tuple[int, ...]] | None = None) -> list[Row]:
     """``(prompt_ids, [answer_ids..., negative_ids...])`` per example, encoded like evaluation:
-    the target first, then its ``config.answers - 1`` following items (:func:`answer_items`)."""
+    each example's ``answers`` (:func:`answer_items`, the target first), or its target alone."""
     from ollama_slim.recsys.prompt import encode_items
 
     prompt = prompt_config(config)
-    return [encode_items(tokenizer, dataset, example, (*answer_items(dataset, example, config.answers), *negs), prompt)
-            for example, negs in zip(batch, negatives or [()] * len(batch))]
+    answers = answers or [(example.target,) for example in batch]
+    return [encode_items(tokenizer, dataset, example, (*items, *negs), prompt)
+            for example, items, negs in zip(batch, answers, negatives or [()] * len(batch))]

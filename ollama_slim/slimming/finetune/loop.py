@@ -68,8 +68,9 @@ def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
     if config.rank_negatives > 0:
         draws = loop.negatives or Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed)
         negatives = [draws.draw(loop.examples[i], step=step, index=i)[1] for i in mine]
-    weights = loop.weights([answer_items(loop.dataset, e, config.answers) for e in chosen]) if loop.weights is not None else None
-    return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives), weights
+    answers = [answer_items(loop.dataset, e, config.answers) for e in chosen]
+    weights = loop.weights(answers) if loop.weights is not None else None
+    return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives, answers), weights
 
 
 def _step_loss(loop: Loop, step: int) -> torch.Tensor:
