@@ -116,14 +116,14 @@ def test_prune_in_the_chat_format_end_to_end(tiny_llama: Path, toy_data: Path, t
     result = CliRunner().invoke(main, ["prune", str(tiny_llama), "--keep", "3", "--data", str(toy_data), "--steps", "2", "--batch-size", "2",
                                        "--calib-users", "4", "--val-users", "4", "--eval-users", "4", "--bench-repeats", "1", "--task-format", "chat",
                                        "--no-register", "--no-reference", "--run-dir", str(run), "--bridge", "none", "--methods", "block-influence",
-                                       "--full", "--answers", "3", "--popularity-debias", "0.5", "--teacher", "none", "--rank-negatives", "0"])
+                                       "--full", "--answers", "3", "--popularity-debias", "0.5", "--cf-answers", "1", "--teacher", "none", "--rank-negatives", "0"])
     assert result.exit_code == 0, result.output
     finetune = json.loads((run / "healed" / "slim.json").read_text())["finetune"]["config"]
     assert finetune["task_format"] == "chat"
-    assert (finetune["full"], finetune["answers"], finetune["popularity_debias"]) == (True, 3, 0.5)
+    assert (finetune["full"], finetune["answers"], finetune["popularity_debias"], finetune["cf_answers"]) == (True, 3, 0.5, 1)
     assert json.loads((run / "finetune.json").read_text())["mode"] == "full"
     report = (run / "report.md").read_text()
-    assert "the target and the user's next 2 items weighted by train count^-0.5" in report
+    assert "the target and the user's next 2 items weighted by train count^-0.5; and on the top 1 of an item-to-item recommender" in report
     assert "mode=full" in report and "lora_rank" not in report
     for label in ("original", "slim", "shipped"):
         record = json.loads((run / f"eval_{label}.json").read_text())

@@ -681,3 +681,51 @@ def test_popularity_debias_weighs_rare_answers_up_and_trains(tiny_llama: Path, t
         ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", popularity_debias=-1.0))
     result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", answers=2, popularity_debias=0.5, full=True, lr=1e-3))
     assert result.losses[-1] < result.losses[0]
+
+
+def test_item_neighbours_count_followers_in_train_parts_only() -> None:
+    from ollama_slim.recsys.data import make_dataset
+    from ollama_slim.recsys.neighbours import ItemNeighbours
+
+    titles = {i: f"item {i}" for i in range(1, 10)}
+    # train parts: [1, 2, 3, 4] and [1, 2, 5, 6]; the last two items (7, 8 and 9, 8) are valid/test, never counted
+    dataset = make_dataset("seq", {0: [1, 2, 3, 4, 7, 8], 1: [1, 2, 5, 6, 9, 8]}, titles)
+    near = ItemNeighbours(dataset, window=1, alpha=0.0)
+    assert dict(near.scores([1])) == {2: 2} and dict(near.scores([2])) == {3: 1, 5: 1}
+    assert 7 not in near.scores([4]) and 8 not in near.scores([6]) and 9 not in near.scores([6])
+    assert near.top([1], count=2) == (2,)  # only what ever followed the history
+    assert near.top([1, 2]) == (3,)  # the history itself is never an answer; ties: the smaller id
+    assert near.top([2], exclude=[3]) == (5,)
+    wide = ItemNeighbours(dataset, window=3, alpha=0.0)
+    assert wide.scores([1]) == {2: 2, 3: 1, 4: 1, 5: 1, 6: 1}
+    assert wide.top([1], exclude=[2]) == (3,)
+    lift = ItemNeighbours(dataset, window=3, alpha=1.0)  # divided by train count: 2 (seen twice) falls behind
+    assert lift.scores([1])[2] == 1.0 and lift.scores([1])[3] == 1.0
+
+
+def test_cf_answers_follow_the_history_never_an_item_taken_and_carry_their_share(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from ollama_slim.recsys.data import examples, make_dataset
+    from ollama_slim.recsys.neighbours import ItemNeighbours
+    from ollama_slim.slimming.finetune.data import AnswerWeights, cf_answer_items
+
+    titles = {i: f"item {i}" for i in range(1, 12)}
+    dataset = make_dataset("seq", {0: [1, 2, 3, 4, 5, 10, 11], 1: [2, 6, 3, 7, 9, 10, 11], 2: [1, 3, 8, 2, 6, 10, 11]}, titles)
+    near = ItemNeighbours(dataset, window=2, alpha=0.0)
+    train = examples(dataset, split="train", history=1, users=[0])
+    third = train[2]  # history (3,), target 4; user 0 took 1, 2, 3 before it
+    assert third.history == (3,) and third.target == 4
+    assert dict(near.scores([3])) == {4: 1, 5: 1, 7: 1, 9: 1, 8: 1, 2: 1}
+    answers = cf_answer_items(near, dataset, third, 2)
+    assert answers == (4, 5) and not set(answers) & {1, 2, 3}  # item 2 followed 3 elsewhere but user 0 took it already
+    assert cf_answer_items(near, dataset, train[3], 3) == (5, 5, 5)  # only 5 ever followed 4: repeated
+    lonely = make_dataset("one", {0: [1, 2, 3, 4]}, titles)  # train part [1, 2]: nothing ever followed 2
+    first = examples(lonely, split="train", history=1, users=[0])[0]
+    assert cf_answer_items(ItemNeighbours(lonely), lonely, first, 2) == (first.target, first.target)
+    w = AnswerWeights(dataset, cf_answers=1, cf_share=0.5)([(4, 5, 6, 9), (1, 2, 3, 7)])  # three data answers, one cf
+    assert abs(float(w.mean()) - 1.0) < 1e-6
+    torch.testing.assert_close(w[:, 3], 3 * w[:, 0])  # the one cf answer weighs what the three data answers do together
+    with pytest.raises(UsageError, match="--cf-share must be between 0 and 1"):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", cf_answers=1, cf_share=1.0))
+    assert "cf_answers" not in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None))
+    result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", answers=2, cf_answers=1, full=True, lr=1e-3))
+    assert result.losses[-1] < result.losses[0]

@@ -29,7 +29,7 @@ FEEDS: dict[str, set[str]] = {
     "strategy": {"select"},
     "bridge": {"build"},
     "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING, "rank_regimes": HEALING,
-    "answers": HEALING, "popularity_debias": HEALING, "full": HEALING,
+    "answers": HEALING, "popularity_debias": HEALING, "full": HEALING, "cf_answers": HEALING, "cf_share": HEALING,
     "teacher": {"finetune"}, "listwise_weight": {"finetune"}, "distill_temperature": {"finetune"}, "align_weight": {"finetune"},  # the reference has no teacher
     "outtype": {"export", "bench", "eval"},  # bench times the original exported at that outtype; eval asks it in chat
     "register": {"register"},
@@ -57,7 +57,7 @@ def _other(name: str, value: Any, tmp_path: Path) -> Any:
     """A different value for field ``name`` of the right kind."""
     special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
                "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat", "min_retained": 0.9,
-               "teacher": "none", "rank_regimes": ("uniform",), "popularity_debias": 0.5}
+               "teacher": "none", "rank_regimes": ("uniform",), "popularity_debias": 0.5, "cf_share": 0.25}
     if name in special:
         return special[name]
     if isinstance(value, bool):

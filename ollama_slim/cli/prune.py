@@ -67,6 +67,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help="Healing trains each prompt on N answers: the target and the N-1 items the user took next (more titles learnt per step).")
 @click.option("--popularity-debias", type=float, default=_DEFAULTS.popularity_debias, show_default=True, metavar="B",
               help="Healing weighs each answer by its item's train count ** -B: rare answers count more, popular ones less.")
+@click.option("--cf-answers", type=int, default=_DEFAULTS.cf_answers, show_default=True, metavar="K",
+              help="Healing also trains each prompt on the K top items of an item-to-item recommender for its history (a personal answer; 0: off).")
+@click.option("--cf-share", type=float, default=_DEFAULTS.cf_share, show_default=True, metavar="S",
+              help="The share of the title loss that the --cf-answers carry.")
 @click.option("--full", is_flag=True, help="Heal every weight instead of LoRA adapters (what teaches a slim model the catalogue's titles in chat).")
 @click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
               help="original: heal the slim model toward the untouched original too (its ranking of the candidates, its hidden states); none: the data alone.")

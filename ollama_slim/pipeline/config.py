@@ -37,6 +37,8 @@ class PruneConfig:
     rank_regimes: tuple[str, ...] = ("uniform", "popularity")
     answers: int = 1  # each prompt also trained on the user's next answers-1 train items (FinetuneConfig.answers)
     popularity_debias: float = 0.0  # answers weighted by train count ** -popularity_debias (FinetuneConfig)
+    cf_answers: int = 0  # answers of an item-to-item recommender for each prompt's history (FinetuneConfig.cf_answers)
+    cf_share: float = 0.5  # the share of the title loss those answers carry
     full: bool = False  # heal every weight instead of LoRA adapters
     # Healing distils from the untouched original (issue 11, measured on the quickstart run: 100 MovieLens
     # test users, retained on lift 0.49 -> 1.00): its distribution over the target and negatives at

@@ -36,6 +36,9 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
         terms["answers"] = f"each prompt trained on the target and the user's next {c.answers - 1} items"
     if c.popularity_debias > 0:
         terms["answers"] = terms.get("answers", "answers") + f" weighted by train count^-{c.popularity_debias}"
+    if c.cf_answers > 0:
+        terms["answers"] = terms.get("answers", "the target") + (f"; and on the top {c.cf_answers} of an item-to-item recommender for its history "
+                                                                 f"({c.cf_share:g} of the title loss)")
     if c.rank_negatives:
         terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
     if c.distills():

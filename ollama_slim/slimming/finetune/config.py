@@ -38,7 +38,10 @@ class FinetuneConfig:
     (packed after it, so more titles are learnt per step for little more compute).
     ``popularity_debias`` > 0 weights each answer's title loss by its item's train count to
     the power ``-popularity_debias`` (normalised to mean 1 per batch): rare answers count
-    more, popular ones less.
+    more, popular ones less. ``cf_answers`` > 0 adds that many answers of an item-to-item
+    recommender (:class:`~ollama_slim.recsys.neighbours.ItemNeighbours`) for the prompt's
+    history — sequence-level distillation of a personal answer — carrying ``cf_share`` of
+    each prompt's title loss.
     """
 
     model: str
@@ -74,6 +77,8 @@ class FinetuneConfig:
     checkpoint_every: int = 50
     answers: int = 1  # the target and the user's next answers-1 train items, each trained as an answer to the same prompt
     popularity_debias: float = 0.0  # each answer's title loss weighted by its train count ** -popularity_debias
+    cf_answers: int = 0  # answers of an item-to-item recommender for the prompt's history, added after the data's
+    cf_share: float = 0.5  # the share of each prompt's title loss the cf_answers carry
     seed: int = 0
     history: int = 5
     title_words: int = 10
@@ -118,11 +123,12 @@ _DEPENDENT = {
     "distill_listwise_weight": ("distill_temperature",),
     "align_weight": ("align_kind", "align_at"),
     "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
+    "cf_answers": ("cf_share",),
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias")
+          "answers", "popularity_debias", "cf_answers", "cf_share")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -176,6 +182,10 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--rank-weight must be between 0 and 1, got {config.rank_weight}", hint="e.g. --rank-weight 0.5")
     if config.answers < 1:
         raise UsageError(f"--answers must be 1 or more, got {config.answers}", hint="1 trains on the target alone")
+    if config.cf_answers < 0:
+        raise UsageError(f"--cf-answers must be 0 or more, got {config.cf_answers}", hint="0 trains on the data's answers alone")
+    if not 0.0 < config.cf_share < 1.0:
+        raise UsageError(f"--cf-share must be between 0 and 1 (both excluded), got {config.cf_share}", hint="e.g. --cf-share 0.5")
     if not config.popularity_debias >= 0.0:
         raise UsageError(f"--popularity-debias must be 0 or more, got {config.popularity_debias}", hint="0 weighs every answer alike; 0.5 is a mild debias")
     if config.task_format not in TASK_FORMATS:

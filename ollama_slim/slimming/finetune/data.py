@@ -137,13 +137,27 @@ def answer_items(dataset: Any, example: Any, count: int) -> tuple[int, ...]:
     return tuple(later[i % len(later)] for i in range(count))
 
 
+def cf_answer_items(neighbours: Any, dataset: Any, example: Any, count: int) -> tuple[int, ...]:
+    """``count`` answers of the item-to-item recommender ``neighbours``
+    (:class:`~ollama_slim.recsys.neighbours.ItemNeighbours`) for ``example``'s history, never an
+    item the user took before the target; repeated when it has fewer, the target when it has none."""
+    taken = dataset.sequences[example.user][: max(0, example.position)]
+    top = neighbours.top(example.history, exclude=taken, count=count) or (example.target,)
+    return tuple(top[i % len(top)] for i in range(count))
+
+
 @dataclass
 class AnswerWeights:
-    """Popularity debiasing of the answers: item ``i`` weighs ``max(1, train count) ** -beta``,
-    normalised to mean 1 over a batch's answers."""
+    """The weight of each answer's title loss, normalised to mean 1 over a batch's answers.
+
+    Popularity debiasing: item ``i`` weighs ``max(1, train count) ** -beta``. With
+    ``cf_answers`` > 0 the last ``cf_answers`` of each row are the recommender's, and
+    together they carry ``cf_share`` of the row's weight (the data's answers the rest)."""
 
     dataset: Any
-    beta: float
+    beta: float = 0.0
+    cf_answers: int = 0
+    cf_share: float = 0.5
     counts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -154,6 +168,11 @@ class AnswerWeights:
     def __call__(self, answers: list[tuple[int, ...]]) -> torch.Tensor:
         """``[B, A]`` weights of the ``A`` answers of each of ``B`` examples."""
         w = torch.tensor([[float(max(1, self.counts.get(int(i), 0))) ** -self.beta for i in row] for row in answers])
+        if self.cf_answers > 0:
+            width, k = w.shape[1], self.cf_answers
+            share = torch.full((width,), (1.0 - self.cf_share) / max(1, width - k))
+            share[width - k :] = self.cf_share / k
+            w = w * share
         return w / w.mean()
 
 

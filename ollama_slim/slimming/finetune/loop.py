@@ -15,7 +15,7 @@ from ollama_slim.models.lm import Row, title_logits
 from ollama_slim.slimming.bridges import attach_bridge
 from ollama_slim.slimming.finetune.checkpoints import save_checkpoint
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress
-from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, answer_items, batch_indices, encode_rows
+from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, answer_items, batch_indices, cf_answer_items, encode_rows
 from ollama_slim.slimming.finetune.distill import Distiller, distilled_loss
 from ollama_slim.slimming.finetune.losses import distill_loss, student_loss
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model
@@ -51,7 +51,8 @@ class Loop:
     accelerator: Any
     total: int
     negatives: Negatives | None = None  # with rank_negatives
-    weights: AnswerWeights | None = None  # with popularity_debias
+    weights: AnswerWeights | None = None  # with popularity_debias or cf_answers
+    neighbours: Any | None = None  # the item-to-item recommender of cf_answers
     distiller: Distiller | None = None  # teacher beyond the title tokens
     validator: Validator | None = None  # with early stopping, and:
     early: EarlyStop | None = None
@@ -59,7 +60,7 @@ class Loop:
 
 def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
     """This process's share of step ``step``'s batch, encoded with its candidates, and the
-    weights of its answers (``None`` without popularity debiasing)."""
+    weights of its answers (``None`` when every answer weighs alike)."""
     acc, config = loop.accelerator, loop.config
     indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(loop.examples), seed=config.seed)
     mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
@@ -69,6 +70,12 @@ def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
         draws = loop.negatives or Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed)
         negatives = [draws.draw(loop.examples[i], step=step, index=i)[1] for i in mine]
     answers = [answer_items(loop.dataset, e, config.answers) for e in chosen]
+    if config.cf_answers > 0:
+        if loop.neighbours is None:
+            from ollama_slim.recsys.neighbours import ItemNeighbours
+
+            loop.neighbours = ItemNeighbours(loop.dataset)
+        answers = [a + cf_answer_items(loop.neighbours, loop.dataset, e, config.cf_answers) for a, e in zip(answers, chosen)]
     weights = loop.weights(answers) if loop.weights is not None else None
     return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives, answers), weights
 
@@ -81,8 +88,8 @@ def _step_loss(loop: Loop, step: int) -> torch.Tensor:
         if loop.distiller is not None:
             base = base_model(loop.accelerator.unwrap_model(loop.trainee.model))
             return distilled_loss(loop.distiller, loop.trainee.model, rows, base=base, rank_weight=loop.config.rank_weight, pad_id=pad,
-                                  answers=loop.config.answers, weights=weights)
-        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad, answers=loop.config.answers,
+                                  answers=loop.config.answers + loop.config.cf_answers, weights=weights)
+        loss, logits = student_loss(loop.trainee.model, rows, rank_weight=loop.config.rank_weight, pad_id=pad, answers=loop.config.answers + loop.config.cf_answers,
                                     weights=weights)
         if loop.teacher is not None:
             batch = [(p, cands[0]) for p, cands in rows]

@@ -74,8 +74,8 @@ def _add_options(loop: Loop, where: Places, start: int) -> None:
     config, accelerator = loop.config, loop.accelerator
     if config.rank_negatives > 0:
         loop.negatives = Negatives(loop.dataset, count=config.rank_negatives, seed=config.seed, regimes=config.rank_regimes, fixed=config.fixed_negatives)
-    if config.popularity_debias > 0:
-        loop.weights = AnswerWeights(loop.dataset, beta=config.popularity_debias)
+    if config.popularity_debias > 0 or config.cf_answers > 0:
+        loop.weights = AnswerWeights(loop.dataset, beta=config.popularity_debias, cf_answers=config.cf_answers, cf_share=config.cf_share)
     if loop.teacher is not None and config.uses_distiller():
         loop.distiller = make_distiller(config, teacher=accelerator.unwrap_model(loop.teacher), student=base_model(accelerator.unwrap_model(loop.trainee.model)),
                                         model_dir=where.model_dir, cache_dir=where.teacher_cache_dir)

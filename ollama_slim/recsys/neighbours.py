@@ -1,0 +1,54 @@
+"""Item-to-item collaborative filtering over the train parts: what users took soon after what.
+
+A classical recommender beside the language model: item ``b`` scores, for a history, the
+number of times ``b`` followed one of the history's items within ``window`` positions in
+some user's train part, divided by ``b``'s train count to the power ``alpha`` (0: raw
+co-occurrence, which favours popular items; 1: a lift-like score that favours rare ones).
+Its top items are personal (they follow from the user's own items), which makes them the
+teacher for sequence-level distillation of a recommender's answers (``finetune
+--cf-answers``): a deterministic answer per history, where the data's next items are not.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+
+@dataclass
+class ItemNeighbours:
+    """Follower counts within ``window`` positions over every user's train part (all but the
+    last two items, design §3), so no valid or test item is ever counted."""
+
+    dataset: Any
+    window: int = 5
+    alpha: float = 0.5
+    followers: dict[int, Counter] = field(default_factory=dict, init=False, repr=False)
+    counts: Counter = field(default_factory=Counter, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be 1 or more, got {self.window}")
+        followers: dict[int, Counter] = defaultdict(Counter)
+        for seq in self.dataset.sequences.values():
+            train = seq[:-2]
+            self.counts.update(train)
+            for a, item in enumerate(train):
+                followers[item].update(train[a + 1 : a + 1 + self.window])
+        self.followers = dict(followers)
+
+    def scores(self, history: Iterable[int]) -> Counter:
+        """Each item's score for ``history`` (items that never followed it are absent)."""
+        total: Counter = Counter()
+        for item in history:
+            total.update(self.followers.get(int(item), {}))
+        return Counter({b: n / max(1, self.counts[b]) ** self.alpha for b, n in total.items()})
+
+    def top(self, history: Iterable[int], *, exclude: Iterable[int] = (), count: int = 1) -> tuple[int, ...]:
+        """The ``count`` best-scored items for ``history`` outside ``exclude`` (ties: the smaller
+        id first); fewer when fewer items ever followed the history."""
+        history = tuple(history)
+        banned = set(int(i) for i in exclude) | set(history)
+        ranked = sorted(((-s, b) for b, s in self.scores(history).items() if b not in banned))
+        return tuple(b for _, b in ranked[:count])
