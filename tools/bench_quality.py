@@ -260,7 +260,8 @@ def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work
         began = time.perf_counter()
         config = eval_config(args, split=split, regime=REGIMES[0])
         both = _joint_cases(dataset, [prepare_cases(dataset, eval_config(args, split=split, regime=r)) for r in REGIMES])
-        joint, _ = score_cases(scorer, dataset, both, config)
+        joint, _ = score_cases(scorer, dataset, both, config,
+                               progress=lambda done, total: log(f"{key} {split}: {done}/{total} users") if done % 100 == 0 and done < total else None)
         for n, regime in enumerate(REGIMES):  # columns of regime n: its 20 candidates, target first
             out[f"{split}/{regime}"] = joint[:, 20 * n : 20 * (n + 1)]
         log(f"scored {key} {split} ({', '.join(REGIMES)}) in {time.perf_counter() - began:.0f}s")
