@@ -24,10 +24,19 @@ def test_every_gpu_command_parses(tmp_path: Path) -> None:
     out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1"},
                          capture_output=True, text=True, check=True).stdout
     commands = [shlex.split(line) for line in out.splitlines() if line.strip()]
-    assert len(commands) == 6 and not (tmp_path / "gpu" / "quality-work").exists()  # printed, not run
+    assert len(commands) == 8 and not (tmp_path / "gpu" / "quality-work").exists()  # printed, not run
     parsers = {"bench_quality.py": _tool("bench_quality").parse_args, "bench_keep_curve.py": _tool("bench_keep_curve").parse_args}
     models = set()
-    for command in commands:
+    chat = [c for c in commands if c[0] == "ollama-slim"]
+    assert len(chat) == 2
+    from ollama_slim.cli.prune import command as prune
+
+    for command in chat:  # the chat part: prune's own options, parsed by click without running
+        assert command[1] == "prune"
+        params = prune.make_context("prune", command[2:]).params
+        assert params["task_format"] == "chat" and params["full"] and params["steps"] >= 2000 and params["run_dir"].parent == tmp_path / "gpu"
+    assert sorted(prune.make_context("prune", c[2:]).params["cf_answers"] for c in chat) == [0, 1]
+    for command in commands[: len(commands) - len(chat)]:
         assert command[0] == "python"
         args = parsers[Path(command[1]).name](command[2:])
         assert args.test_users >= 1000 and args.full and args.device_map == "cuda" and args.rank_regimes == "uniform,popularity"

@@ -12,6 +12,9 @@
 #   reverse  the same healed on MovieLens-100k, cross-domain on Amazon Electronics
 #   curve    the keep-versus-quality curve of SmolLM2-135M (8, 10, 12, 15, 20 of 30), q8_0 GGUF
 #   qwen     Qwen2.5-0.5B: its table at keep 8 of 24 (ranked selection) and its curve (6..16 of 24)
+#   chat     SmolLM2-135M keep 10 pruned in the chat format with 10x the CPU's healing (2,000 full steps,
+#            --answers 8), with and without --cf-answers 1: whether a longer healing makes the greedy chat
+#            answers personal (generation_slim.json: distinct answers; 0.13-0.18 at 200 steps on the CPU)
 #
 # Needs the models where `ollama-slim` resolves them (an Ollama store, the HF cache or the network)
 # and a CUDA build of torch. Prints each part's Markdown table; JSON beside it. DRY_RUN=1 prints the
@@ -19,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/gpu}
-PARTS=${PARTS:-quality,reverse,curve,qwen}
+PARTS=${PARTS:-quality,reverse,curve,qwen,chat}
 mkdir -p "$OUT"
 
 RECIPE=(--test-users 1000 --valid-users 200 --steps 1000 --batch-size 16 --full --lr 5e-5
@@ -46,4 +49,10 @@ if want qwen; then
   run python tools/bench_quality.py "${RECIPE[@]}" --model qwen2.5:0.5b --data "$AMAZON" --kept ranked:8 --cross-data movielens-100k \
     --out "$OUT/qwen-quality"
   run python tools/bench_keep_curve.py "${RECIPE[@]}" --model qwen2.5:0.5b --data "$AMAZON" --keeps 6,8,10,12,16 --out "$OUT/qwen-curve"
+fi
+if want chat; then
+  CHAT=(prune smollm2:135m --keep 10 --no-register --task-format chat --full --answers 8 --lr 1e-4 --steps 2000 --batch-size 16
+        --rank-negatives 0 --teacher none --eval-users 200)
+  run ollama-slim "${CHAT[@]}" --run-dir "$OUT/chat"
+  run ollama-slim "${CHAT[@]}" --cf-answers 1 --run-dir "$OUT/chat-cf"
 fi
