@@ -25,15 +25,17 @@ class ItemNeighbours:
     window: int = 5
     alpha: float = 0.5
     followers: dict[int, Counter] = field(default_factory=dict, init=False, repr=False)
-    counts: Counter = field(default_factory=Counter, init=False, repr=False)
+    counts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be 1 or more, got {self.window}")
+        from ollama_slim.recsys.data import train_popularity
+
+        self.counts = train_popularity(self.dataset)
         followers: dict[int, Counter] = defaultdict(Counter)
         for seq in self.dataset.sequences.values():
             train = seq[:-2]
-            self.counts.update(train)
             for a, item in enumerate(train):
                 followers[item].update(train[a + 1 : a + 1 + self.window])
         self.followers = dict(followers)
@@ -43,7 +45,7 @@ class ItemNeighbours:
         total: Counter = Counter()
         for item in history:
             total.update(self.followers.get(int(item), {}))
-        return Counter({b: n / max(1, self.counts[b]) ** self.alpha for b, n in total.items()})
+        return Counter({b: n / max(1, self.counts.get(b, 0)) ** self.alpha for b, n in total.items()})
 
     def top(self, history: Iterable[int], *, exclude: Iterable[int] = (), count: int = 1) -> tuple[int, ...]:
         """The ``count`` best-scored items for ``history`` outside ``exclude`` (ties: the smaller
