@@ -216,35 +216,26 @@ def test_llama_cpp_scorer_equals_transformers_on_an_f32_gguf(tiny_llama: Path, t
     np.testing.assert_array_equal(ours.per_user["rank"], theirs.per_user["rank"])
 
 
-def test_llama_cpp_scorer_batches_candidates_as_one_at_a_time(tiny_llama: Path, tmp_path: Path) -> None:
-    """Candidates decoded together (one sequence each, sharing the prompt's KV cells) score
-    as they do one after another, whatever the chunking: one-token candidates, chunks cut by
-    the sequence limit and by the context, a prompt longer than one llama.cpp batch."""
+def test_llama_cpp_scorer_runs_a_repeated_candidate_once(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target sits in both regimes' lists: it runs once, both its places get its score,
+    and every other candidate keeps the score it has alone."""
     export = pytest.importorskip("ollama_slim.gguf.export")
-    from ollama_slim.recsys.scorers import LlamaCppScorer, ScorerOptions
+    from ollama_slim.recsys.scorers import LlamaCppScorer
 
     gguf = tmp_path / "tiny-f32.gguf"
     export.export_gguf(export.ExportConfig(model_dir=tiny_llama, outtype="f32", out=gguf, check=False))
     rng = np.random.default_rng(0)
-    prompt = rng.integers(3, 200, size=70).tolist()
-    cands = [rng.integers(3, 200, size=n).tolist() for n in (1, 4, 2, 7, 1, 5, 3, 6)]
-    cands[4] = cands[1]  # a title in both regimes: scored once, its two scores equal
-    alone = LlamaCppScorer(gguf, options=ScorerOptions(batch=1, context=128))
-    together = LlamaCppScorer(gguf, options=ScorerOptions(batch=32, context=128))
-    threes = LlamaCppScorer(gguf, options=ScorerOptions(batch=3, context=96))  # 3 per decode; 96 - 70 = 26 cells for candidates
-    assert together._chunks(len(prompt), cands) == [list(range(8))]
-    chunks = threes._chunks(len(prompt), cands)
-    assert sorted(sum(chunks, [])) == list(range(8)) and all(len(c) <= 3 for c in chunks) and len(chunks) == 3
-    assert all(sum(len(cands[i]) - 1 for i in c) <= 96 - 70 for c in chunks)
-    one = alone.score(prompt, cands)
-    np.testing.assert_allclose(together.score(prompt, cands), one, atol=1e-4)
-    np.testing.assert_allclose(threes.score(prompt, cands), one, atol=1e-4)
-    np.testing.assert_allclose(together.score(prompt, cands[::-1]), one[::-1], atol=1e-4)  # nothing of the last user's candidates is left behind
-    small = LlamaCppScorer(gguf, options=ScorerOptions(batch=8, context=128))
-    small.n_batch = 32  # the prompt takes three decodes
-    np.testing.assert_allclose(small.score(prompt, cands[:2]), one[:2], atol=1e-4)
-    assert one[4] == one[1] and together.score(prompt, cands)[4] == together.score(prompt, cands)[1]
-    assert len(set(np.round(one, 3))) > 1  # the candidates do differ
+    prompt = rng.integers(3, 200, size=30).tolist()
+    cands = [rng.integers(3, 200, size=n).tolist() for n in (3, 1, 4, 2)]
+    scorer = LlamaCppScorer(gguf)
+    alone = scorer.score(prompt, cands)
+    evals: list[list[int]] = []
+    real_eval = scorer.llm.eval
+    monkeypatch.setattr(scorer.llm, "eval", lambda tokens: (evals.append(list(tokens)), real_eval(tokens))[1])
+    twice = scorer.score(prompt, cands + [cands[0], cands[2]])
+    np.testing.assert_array_equal(twice, np.concatenate([alone, alone[[0, 2]]]))
+    assert len(evals) == 1 + 3  # the prompt, then every candidate of more than one token once
+    assert len(set(np.round(alone, 4))) == 4
 
 
 def test_llama_cpp_backend_refuses_layer_subsets(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ its transformers twin are scored on identical inputs.
 from __future__ import annotations
 
 import os
-import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,112 +142,50 @@ class LlamaCppTokenizer:
 
 
 class LlamaCppScorer:
-    """A GGUF scored through llama-cpp-python, every candidate of a chunk in one decode.
-
-    The prompt is evaluated once as sequence 0 of a unified KV cache; its cells are shared
-    (``llama_memory_seq_cp``) with sequences 1..n, one per candidate, and the candidates'
-    tokens go through llama.cpp together in a single batch, each seeing only the prompt and
-    itself (the ``parallel`` example's layout). ``options.batch`` bounds the candidates per
-    decode; 1 scores them one after another.
-    """
+    """A GGUF scored through llama-cpp-python: the prompt is evaluated once, then each
+    candidate continues from its KV cache (the cache is cut back to the prompt between
+    candidates, so the prompt never runs again)."""
 
     name = "llama-cpp"
 
     def __init__(self, gguf_path: Path, *, tokenizer: Any | None = None, options: ScorerOptions = ScorerOptions()) -> None:
-        import llama_cpp
         from llama_cpp import Llama
-        from llama_cpp._internals import LlamaContext
 
         threads = options.threads or os.cpu_count() or 1
-        try:  # the Llama holds the weights and the tokenizer; its own context stays small
-            self.llm = Llama(model_path=str(gguf_path), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads, verbose=False)
-            params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
-            params.n_ctx = options.context
-            params.n_batch = params.n_ubatch = min(512, options.context)
-            params.n_seq_max = self.seqs = max(2, min(options.batch + 1, llama_cpp.llama_max_parallel_sequences()))
-            params.kv_unified = True  # every sequence may use the whole context, and shares the prompt's cells
-            self._ctx = LlamaContext(model=self.llm._model, params=params, verbose=False)
+        try:
+            self.llm = Llama(model_path=str(gguf_path), n_ctx=options.context, n_batch=512, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
         except (ValueError, RuntimeError) as err:
             raise SourceError(f"llama.cpp cannot load {gguf_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})", hint="check that the file is a complete GGUF of a supported architecture") from None
         self.tokenizer = tokenizer if tokenizer is not None else LlamaCppTokenizer(self.llm)
         self.context = options.context
-        self.n_batch = params.n_batch
-        self.n_vocab = self.llm.n_vocab()
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, self.seqs)
-        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
-
-    def _decode(self, tokens: list[tuple[int, int, int, bool]]) -> np.ndarray:
-        """Decode ``(token, position, sequence, wants_logits)`` rows in one llama.cpp batch;
-        the logits of the rows that want them, in order: [n, V] float32."""
-        import llama_cpp
-
-        b = self._batch
-        for i, (token, pos, seq, out) in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, pos, 1, out
-            b.seq_id[i][0] = seq
-        b.n_tokens = len(tokens)
-        code = llama_cpp.llama_decode(self._ctx.ctx, b)
-        if code != 0:
-            raise RuntimeError(f"llama_decode returned {code}")
-        n_out = sum(1 for row in tokens if row[3])
-        ptr = llama_cpp.llama_get_logits(self._ctx.ctx)
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy() if n_out else np.empty((0, self.n_vocab), np.float32)
 
     def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
         """[C] mean log-prob of each candidate after ``prompt`` (float64 log-softmax of llama.cpp's logits)."""
-        p = len(prompt)
-        longest = max(len(c) for c in candidates)
-        if p + longest > self.context:
-            raise UsageError(f"prompt of {p} tokens + candidate of {longest} exceed the llama.cpp context of {self.context}", hint="lower --history or --title-tokens")
-        distinct = list(dict.fromkeys(tuple(c) for c in candidates))  # a title in both regimes' lists runs once, and ties stay ties
-        where = {cand: i for i, cand in enumerate(distinct)}
-        scores = self._score_distinct(prompt, [list(c) for c in distinct])
-        return scores[[where[tuple(c)] for c in candidates]]
-
-    def _score_distinct(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
-        """:meth:`score` of candidates that all differ."""
-        import llama_cpp
         import torch
 
         from ollama_slim.models.lm import mean_token_logprob
 
         p = len(prompt)
-        memory = self._ctx.memory
-        llama_cpp.llama_memory_clear(memory, True)
-        for start in range(0, p, self.n_batch):  # the prompt, as sequence 0
-            rows = [(prompt[i], i, 0, i == p - 1) for i in range(start, min(p, start + self.n_batch))]
-            last = self._decode(rows)
-        first = torch.tensor(last, dtype=torch.float64)  # [1, V]: predicts each candidate's first token
+        longest = max(len(c) for c in candidates)
+        if p + longest > self.context:
+            raise UsageError(f"prompt of {p} tokens + candidate of {longest} exceed the llama.cpp context of {self.context}", hint="lower --history or --title-tokens")
+        distinct = list(dict.fromkeys(tuple(c) for c in candidates))  # a title in both regimes' lists runs once
+        if len(distinct) < len(candidates):
+            where = {cand: i for i, cand in enumerate(distinct)}
+            return self.score(prompt, [list(c) for c in distinct])[[where[tuple(c)] for c in candidates]]
+        llm = self.llm
+        llm.reset()
+        llm.eval(prompt)
+        first = torch.tensor(llm.scores[p - 1 : p], dtype=torch.float64)  # [1, V]: predicts each candidate's first token
         out = np.empty(len(candidates))
-        for chunk in self._chunks(p, candidates):
-            rows: list[tuple[int, int, int, bool]] = []
-            for seq, row in enumerate(chunk, start=1):
-                llama_cpp.llama_memory_seq_cp(memory, 0, seq, 0, p)  # shares the prompt's cells
-                rows += [(tok, p + j, seq, True) for j, tok in enumerate(candidates[row][:-1])]
-            logits = torch.from_numpy(self._decode(rows)).double() if rows else None
-            at = 0
-            for row in chunk:
-                cand = candidates[row]
-                n = len(cand) - 1
-                steps = first if n == 0 else torch.cat([first, logits[at : at + n]])  # [L, V]
-                at += n
-                out[row] = float(mean_token_logprob(steps, torch.tensor(cand, dtype=torch.long)))
-            llama_cpp.llama_memory_seq_rm(memory, -1, p, -1)  # drop every candidate, keep the prompt
-        return out
-
-    def _chunks(self, p: int, candidates: list[list[int]]) -> list[list[int]]:
-        """Candidate indices in groups that fit one decode: at most ``seqs - 1`` sequences,
-        ``n_batch`` tokens, and the context beside the prompt."""
-        chunks: list[list[int]] = [[]]
-        tokens = 0
         for row, cand in enumerate(candidates):
-            n = len(cand) - 1
-            if chunks[-1] and (len(chunks[-1]) >= self.seqs - 1 or tokens + n > self.n_batch or p + tokens + n > self.context):
-                chunks.append([])
-                tokens = 0
-            chunks[-1].append(row)
-            tokens += n
-        return chunks
+            llm.n_tokens = p  # drop the previous candidate; eval() clears the cache past here
+            logits = first
+            if len(cand) > 1:
+                llm.eval(cand[:-1])
+                logits = torch.cat([first, torch.tensor(llm.scores[p : p + len(cand) - 1], dtype=torch.float64)])  # [L, V]
+            out[row] = float(mean_token_logprob(logits, torch.tensor(cand, dtype=torch.long)))
+        return out
 
     def using_layers(self, layers: list[int] | None) -> Any:
         if layers is not None:
