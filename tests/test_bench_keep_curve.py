@@ -52,3 +52,8 @@ def test_the_curve_on_a_tiny_model(curve_tool, tiny_llama: Path, amazon_dir: Pat
     assert text.startswith("# a run's report") and "![keep versus quality](curve.png)" in text and (run / "curve.png").stat().st_size > 0
     curve_tool.main(args)  # a rerun reads every cache and replaces its section of the report
     assert (run / "report.md").read_text().count("Keep versus quality") == 1
+    twins = curve_tool.main(args + ["--measure", "transformers"])  # the same healed models, scored in transformers (f32: the GGUF's twin)
+    assert "transformers, float32)" in (run / "report.md").read_text() and [p["kept"] for p in twins["points"]] == [p["kept"] for p in report["points"]]
+    for ours, theirs in zip(twins["points"], report["points"]):
+        for regime in ("uniform", "popularity"):
+            assert abs(ours["regimes"][regime]["ndcg@10"]["mean"] - theirs["regimes"][regime]["ndcg@10"]["mean"]) < 0.05

@@ -249,14 +249,15 @@ def _scorer(model: Path, args: argparse.Namespace):
     return TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
 
 
-def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path) -> dict[str, np.ndarray]:
-    """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF (cached as .npz)."""
+def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path, *, splits: tuple[str, ...] = ("test", "valid")) -> dict[str, np.ndarray]:
+    """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF, on ``splits``
+    (cached as .npz)."""
     cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus").replace("(", "").replace(")", "") + ".npz")
     if cache.is_file():
         return dict(np.load(cache))
     scorer = _scorer(model_dir, args)
     out = {}
-    for split in ("test", "valid"):
+    for split in splits:
         began = time.perf_counter()
         config = eval_config(args, split=split, regime=REGIMES[0])
         both = _joint_cases(dataset, [prepare_cases(dataset, eval_config(args, split=split, regime=r)) for r in REGIMES])
@@ -377,7 +378,7 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     """The work directory caches models and scores by name: refuse one made with another recipe
     (what only adds or leaves out rows, reports or keeps, is not part of it; nor is an option
     added since, while it is at its default)."""
-    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "skip", "report", "keeps", "keep_list")}
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "skip", "report", "keeps", "keep_list", "measure")}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
         earlier = json.loads(recipe_file.read_text())
