@@ -133,11 +133,15 @@ def curve(args: argparse.Namespace) -> dict:
             "points": rows, "seconds": round(time.perf_counter() - began, 1)}
 
 
+def measured(cfg: dict) -> str:
+    """What the quality columns were scored on (reports made before ``--measure``: the GGUF)."""
+    return f"{cfg['outtype']} GGUF through llama.cpp" if cfg.get("measure", "gguf") == "gguf" else f"transformers, {cfg['dtype']}"
+
+
 def markdown(report: dict, *, plot: str | None = None) -> str:
     cfg = report["config"]
     n = report["num_layers"]
-    measured = f"{cfg['outtype']} GGUF through llama.cpp" if cfg.get("measure", "gguf") == "gguf" else f"transformers, {cfg['dtype']}"
-    lines = [f"### Keep versus quality: {cfg['model']} ({cfg['bridge']}, {cfg['recipe']}, {measured})", "",
+    lines = [f"### Keep versus quality: {cfg['model']} ({cfg['bridge']}, {cfg['recipe']}, {measured(cfg)})", "",
              f"{cfg['test_users']} test users of {Path(cfg['data']).name}, 1+19 candidates; retained on NDCG@10 lift against the full "
              f"fine-tuned model (transformers), 95% paired bootstrap interval; speed: the slim GGUF against the full model's GGUF "
              f"at {cfg['outtype']}, llama.cpp, medians of {cfg['speed_repeats']} rounds after a warm-up.", "",
@@ -182,8 +186,7 @@ def plot(report: dict, target: Path) -> Path:
     right.set_ylabel("speed-up (slim / full, llama.cpp)")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower right")
-    cfg = report["config"]
-    ax.set_title(f"{cfg['model']}: keep vs quality ({cfg['outtype'] + ' GGUF' if cfg.get('measure', 'gguf') == 'gguf' else 'transformers'})", fontsize=10)
+    ax.set_title(f"{report['config']['model']}: keep vs quality ({measured(report['config'])})", fontsize=10)
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     with paths.atomic_path(target, suffix=".png") as tmp:
