@@ -340,8 +340,10 @@ def test_family_tags_give_the_family_chat_template(tag: str, chat: str, stop: st
     assert stop in spec.stops and spec.template and chat in spec.source
 
 
-def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: Path) -> None:
-    """score, select, build (the family's bridge), heal (LoRA, the original as teacher), export (mxfp4 for experts), bench, eval and the report, on the tiny model."""
+@pytest.mark.parametrize("task_format", ["chat", "completion"])
+def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], task_format: str, tmp_path: Path) -> None:
+    """score, select, build (the family's bridge), heal (chat, the default: every weight on 8 answers a prompt in the family's
+    chat template; completion: LoRA with the original as teacher), export (mxfp4 for experts), bench, eval and the report, on the tiny model."""
     import gguf
 
     from toy_data import write_toy_data
@@ -354,14 +356,17 @@ def test_family_prune_runs_end_to_end(family_model: tuple[str, Path], tmp_path: 
     run = tmp_path / "run"
     result = CliRunner().invoke(main, ["prune", str(model_dir), "--keep", str(n // 2), "--data", str(data), "--steps", "2", "--batch-size", "2",
                                        "--calib-users", "4", "--val-users", "4", "--eval-users", "4", "--bench-repeats", "1", "--outtype", outtype,
-                                       "--no-register", "--no-reference", "--run-dir", str(run)])
+                                       "--no-register", "--no-reference", "--run-dir", str(run), "--task-format", task_format])
     assert result.exit_code == 0, result.output
     kept = json.loads((run / "selection.json").read_text())["kept"]
     assert len(kept) == n // 2 and matches(fam, original_types(fam, _config(model_dir)), kept)
     bridge = json.loads((run / "build.json").read_text())["bridge"]["kind"]
     assert bridge == ("mlp-fold" if "mlp-fold" in fam.bridges else "none")
-    teacher = json.loads((run / "finetune.json").read_text())["teacher"]
-    assert teacher["forwards"] > 0 and teacher["computed_examples"] > 0  # healed with the original as teacher, the default
+    healed = json.loads((run / "finetune.json").read_text())
+    if task_format == "chat":
+        assert healed["mode"] == "full" and healed["teacher"] is None, healed
+    else:
+        assert healed["mode"].startswith("lora") and healed["teacher"]["forwards"] > 0 and healed["teacher"]["computed_examples"] > 0  # the original as teacher
     check = json.loads((run / "export.json").read_text())["check"]
     assert check["passed"], check
     reader = gguf.GGUFReader(str(run / "model.gguf"))

@@ -50,7 +50,8 @@ FEEDS: dict[str, set[str]] = {
 
 
 def _base(tmp_path: Path) -> PruneConfig:
-    return PruneConfig(model="smollm2:135m", keep=10, run_dir=tmp_path / "run", reference=True)
+    """A completion-format run (its recipe has the teacher on, so every teacher option feeds finetune)."""
+    return PruneConfig(model="smollm2:135m", keep=10, run_dir=tmp_path / "run", reference=True, task_format="completion")
 
 
 def _other(name: str, value: Any, tmp_path: Path) -> Any:

@@ -128,9 +128,10 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--min-retained", "1.5"], "--min-retained must be in (0, 1]"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-weight", "2"], "--rank-weight must be between 0 and 1"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "-1"], "--rank-negatives must be 0 or more"),
-        (["prune", "smollm2:135m", "--keep", "10", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
+        (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
+        (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-regimes", "uniform,zipf"], "zipf"),
-        (["prune", "smollm2:135m", "--keep", "10", "--teacher", "original", "--align-weight", "-1"], "--align-weight must be 0 or more"),
+        (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--align-weight", "-1"], "--align-weight must be 0 or more"),
     ]:
         result = runner.invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
         assert result.exit_code != 0, args
@@ -144,16 +145,18 @@ def test_the_slim_model_is_distilled_from_the_original_only_when_asked(tmp_path:
     from ollama_slim.pipeline.stages import _finetune_config, _reference_config
 
     layout = RunLayout(tmp_path / "run")
+    chat = _finetune_config(_config(tmp_path / "run"), layout)  # the default, chat: every weight, 8 answers, no teacher
+    assert (chat.distill_from, chat.full, chat.answers, chat.rank_negatives, chat.task_format) == (None, True, 8, 0, "chat")
     assert _finetune_config(_config(tmp_path / "run", teacher="none"), layout).distill_from is None
-    heal = _finetune_config(_config(tmp_path / "run"), layout)  # the defaults: distilled from the original
+    heal = _finetune_config(_config(tmp_path / "run", task_format="completion"), layout)  # the completion recipe: distilled from the original
     assert (heal.distill_from, heal.distill_weight, heal.distill_listwise_weight, heal.distill_temperature, heal.align_weight, heal.align_at) == \
         ("smollm2:135m", 0.0, 2.0, 2.0, 0.5, "gap-end")
     assert heal.rank_regimes == ("uniform", "popularity") and heal.rank_negatives == 4
-    twin = _finetune_config(_config(tmp_path / "run", hf="Org/Model"), layout)
+    twin = _finetune_config(_config(tmp_path / "run", hf="Org/Model", task_format="completion"), layout)
     assert (twin.distill_from, twin.distill_hf) == ("smollm2:135m", "Org/Model")  # the weights the slim one was cut from, resolved the same way
     reference = _reference_config(_config(tmp_path / "run", teacher="original", listwise_weight=1.0, rank_negatives=4, reference=True), layout)
     assert reference.distill_from is None  # the full model is not taught by itself
-    assert _finetune_config(_config(tmp_path / "run", listwise_weight=0.0, align_weight=0.0), layout).distill_from is None  # no weight: nothing to distil
+    assert _finetune_config(_config(tmp_path / "run", task_format="completion", listwise_weight=0.0, align_weight=0.0), layout).distill_from is None  # no weight: nothing to distil
     # the healing recipe is in the slim model's healing key, so a run healed the earlier way heals again
     assert config_key(heal, root=layout.root) != config_key(_finetune_config(_config(tmp_path / "run", teacher="none"), layout), root=layout.root)
 
@@ -184,6 +187,29 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     assert params["methods"] == ("angular",)  # --methods parses to the config's tuple
     params["run_dir"] = Path(params["run_dir"])
     assert PruneConfig(**params) == config
+
+
+def test_each_task_format_brings_its_healing_recipe() -> None:
+    import shlex
+
+    from ollama_slim.cli.prune import command
+    from ollama_slim.pipeline.config import RECIPES
+
+    def parsed(line: str) -> PruneConfig:
+        return PruneConfig(**command.make_context("prune", shlex.split(line)[2:]).params)
+
+    chat = PruneConfig(model="smollm2:135m", keep=10)
+    assert chat.task_format == "chat" and (chat.steps, chat.lr, chat.full, chat.answers, chat.teacher, chat.rank_negatives) == (200, 1e-4, True, 8, "none", 0)
+    completion = PruneConfig(model="smollm2:135m", keep=10, task_format="completion")
+    assert {k: getattr(completion, k) for k in RECIPES["completion"]} == RECIPES["completion"] and completion.distills()
+    assert RECIPES["chat"] != RECIPES["completion"]
+    # the command line names the format, not its recipe; options given beside it win over the recipe
+    assert command_line(completion) == "ollama-slim prune smollm2:135m --keep 10 --task-format completion"
+    assert parsed(command_line(completion)) == completion and parsed("ollama-slim prune smollm2:135m --keep 10") == chat
+    lora_chat = PruneConfig(model="smollm2:135m", keep=10, full=False, steps=50)
+    assert command_line(lora_chat) == "ollama-slim prune smollm2:135m --keep 10 --steps 50 --no-full"
+    assert parsed(command_line(lora_chat)) == lora_chat and lora_chat.answers == 8
+    assert parsed("ollama-slim prune m --keep 2 --task-format completion --full --teacher none").full is True
 
 
 @pytest.mark.slow

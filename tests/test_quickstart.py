@@ -109,6 +109,10 @@ def test_figures_are_read_from_the_run(figures_tool, quickstart: tuple[Path, Pat
     text = " ".join(figures_tool.render(figures).split())  # as read, whatever the wrapping
     assert "**12 s** end to end, 20 s of CPU time" in text and "load average 0.5 at the start and 3.5 at the end: other jobs" in text
     assert f"slim healed {slim['metrics']['ndcg@10']['mean']:.3f}" in text
+    asked = json.loads((run / "generation_slim.json").read_text())  # what the slim GGUF answered in chat
+    assert figures["chat"]["slim"]["title"] == round(asked["figures"]["title"]["mean"], 4) and figures["chat"]["slim"]["users"] == 4
+    assert f"the slim GGUF gives a catalogue title for {asked['figures']['title']['mean']:.2f} of the users" in text
+    assert figures["defaults"]["task_format"] == "chat" and "--task-format chat --full --answers 8" in text  # prune's default recipe
 
 
 def test_write_readme_replaces_only_the_marked_block(figures_tool) -> None:

@@ -84,7 +84,15 @@ def collect(run_dir: Path, *, wall: float, rerun: float, cpu: float | None = Non
         "ndcg10": {"original": _interval(original["metrics"]["ndcg@10"]), "slim": _interval(slim["metrics"]["ndcg@10"]),
                    "popularity": _interval(slim["baselines"]["popularity"]["ndcg@10"]), "random": round(slim["baselines"]["random"]["ndcg@10"], 4)},
         "speed": {"prompt": round(bench["ratios"]["prompt_tps"], 2), "generation": round(bench["ratios"]["gen_tps"], 2)},
+        "chat": {label: _chat(layout.generation_record(label)) for label in ("slim", "original") if layout.generation_record(label).is_file()},
     }
+
+
+def _chat(record: Path) -> dict[str, Any]:
+    """What a model answered in chat (the eval stage's generation measure): shares of users, distinct answers, the top one."""
+    g = paths.read_json(record)
+    return {"users": g["users"], "title": round(g["figures"]["title"]["mean"], 4), "new_title": round(g["figures"]["new_title"]["mean"], 4),
+            "distinct": round(g["distinct"], 4), "top_answer": g["top_answer"]}
 
 
 def _minutes(seconds: float) -> str:
@@ -96,14 +104,33 @@ def _ci(value: dict[str, float]) -> str:
     return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
-DEFAULT_KEYS = ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats", "teacher", "listwise_weight", "align_weight", "rank_negatives")
+DEFAULT_KEYS = ("data", "methods", "strategy", "bridge", "steps", "outtype", "eval_users", "bench_repeats", "teacher", "listwise_weight", "align_weight",
+                "rank_negatives", "task_format", "full", "answers", "lr")
 
 
 def _healing(d: dict[str, Any]) -> str:
-    """How the run healed, when its figures say (a teacher and its weights)."""
-    if d.get("teacher", "none") == "none":
+    """How the run healed, when its figures say (the task format, full or LoRA, answers, a teacher and its weights)."""
+    out = f" --task-format {d['task_format']}" if "task_format" in d else ""
+    if d.get("full"):
+        out += f" --full --answers {d['answers']} --lr {d['lr']:g}"
+    if d.get("teacher", "none") != "none":
+        out += f" --teacher {d['teacher']} --listwise-weight {d['listwise_weight']:g} --align-weight {d['align_weight']:g} --rank-negatives {d['rank_negatives']}"
+    return out
+
+
+def _asked(chat: dict[str, Any]) -> str:
+    """The report's "Asked in chat" figures in a sentence, slim then original."""
+    if "slim" not in chat:
         return ""
-    return f" --teacher {d['teacher']} --listwise-weight {d['listwise_weight']:g} --align-weight {d['align_weight']:g} --rank-negatives {d['rank_negatives']}"
+    def said(g: dict[str, Any]) -> str:
+        top, answer = g["top_answer"], " ".join(g["top_answer"]["answer"].split())
+        answer = answer if len(answer) <= 40 else answer[:40].rstrip() + "..."
+        return (f"a catalogue title for {g['title']:.2f} of the users ({g['new_title']:.2f} one they had not listed), distinct answers for "
+                f"{g['distinct']:.2f}, the commonest `{answer}` ({top['users']} users)")
+    text = f" Asked in chat through llama.cpp with the Modelfile's template and system prompt ({chat['slim']['users']} test users), the slim GGUF gives {said(chat['slim'])}"
+    if "original" in chat:
+        text += f"; the original, asked the same way, {said(chat['original'])}"
+    return text + "."
 
 
 def render(figures: dict[str, Any]) -> str:
@@ -129,7 +156,7 @@ def render(figures: dict[str, Any]) -> str:
         f"{d['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
         f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])} (it keeps {_kept(n)} of the original's lift over random), "
         f"popularity {_ci(n['popularity'])}, random {n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
-        f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}"
+        f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}{_asked(f.get('chat') or {})}"
     )
     return _wrap(text)
 

