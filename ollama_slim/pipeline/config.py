@@ -82,7 +82,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         """Healing options left at None take the task format's recipe (:data:`RECIPES`)."""
-        for key, value in RECIPES.get(self.task_format, RECIPES["chat"]).items():
+        for key, value in RECIPES.get(self.task_format, {}).items():  # an unknown format: check_config says so
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
 

@@ -18,7 +18,7 @@ from ollama_slim import paths
 from ollama_slim.errors import UsageError
 from ollama_slim.gguf.export import outtypes
 from ollama_slim.models.tags import parse_name
-from ollama_slim.pipeline.config import TEACHERS, PruneConfig, command_line
+from ollama_slim.pipeline.config import RECIPES, TEACHERS, PruneConfig, command_line
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.runner import StageRunner, config_key
 from ollama_slim.pipeline.stages import STAGE_TABLE, STAGES
@@ -61,6 +61,8 @@ def check_config(config: PruneConfig) -> None:
     for value, known, option in checks:
         if value not in known:
             raise UsageError(f"{option} {value!r} is not known", hint=f"choose from {', '.join(known)}")
+    if config.task_format not in RECIPES:
+        raise UsageError(f"--task-format {config.task_format!r} is not known", hint=f"choose from {', '.join(RECIPES)}")
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {config.steps}")
     if config.teacher not in TEACHERS:
