@@ -421,3 +421,14 @@ def test_amazon_ids_are_any_strings(tmp_path_factory: pytest.TempPathFactory, re
     got = sorted([ds.title(i) for i in seq] for seq in ds.sequences.values())
     assert got == sorted(seq for seq in expected.values() if len(seq) >= 3)
     assert ds.dropped_users == sum(len(seq) < 3 for seq in expected.values())
+
+
+def test_select_users_draws_among_the_others_when_told_to_exclude() -> None:
+    ds = _toy()
+    held = set(select_users(ds, 10, seed=0))
+    others = select_users(ds, 5, seed=3, exclude=held)
+    assert len(others) == 5 and held.isdisjoint(others)
+    assert select_users(ds, None, exclude=held) == [u for u in ds.users if u not in held]
+    assert select_users(ds, 5, seed=3, exclude=()) == select_users(ds, 5, seed=3)
+    with pytest.raises(DataError, match="no users besides"):
+        select_users(ds, 1, exclude=ds.users)

@@ -729,3 +729,28 @@ def test_cf_answers_follow_the_history_never_an_item_taken_and_carry_their_share
     assert "cf_answers" not in ft.FinetuneConfig.fingerprint(_config(tiny_llama, tiny_data, None))
     result = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "out", answers=2, cf_answers=1, full=True, lr=1e-3))
     assert result.losses[-1] < result.losses[0]
+
+
+def test_holdout_users_are_the_evaluated_ones_and_never_healed_on(tiny_data: Path) -> None:
+    """`--holdout-users N`: the N users `eval --users N` ranks (same seed) are in neither the
+    train examples nor the validation users; without it every user trains, as before."""
+    from ollama_slim.recsys.data import load_dataset
+    from ollama_slim.recsys.evaluate import EvalConfig, prepare_cases
+    from ollama_slim.slimming.finetune.data import heldout_users, train_examples
+    from ollama_slim.slimming.finetune.validation import _valid_examples
+
+    dataset = load_dataset(str(tiny_data))
+    config = _config(Path("unused"), tiny_data, None, val_users=3)
+    every = {e.user for e in train_examples(config, dataset)}
+    assert every == set(dataset.users) and heldout_users(config, dataset) == set()
+    for seed in (0, 1):
+        held = replace(config, holdout_users=4, seed=seed)
+        evaluated = {c.example.user for c in prepare_cases(dataset, EvalConfig(data=str(tiny_data), users=4, negatives=2, seed=seed))}
+        assert heldout_users(held, dataset) == evaluated and len(evaluated) == 4
+        trained = {e.user for e in train_examples(held, dataset)}
+        assert trained == every - evaluated
+        assert {e.user for e in _valid_examples(held, dataset)}.isdisjoint(evaluated)
+    with pytest.raises(UsageError, match="leaves none of the"):
+        train_examples(replace(config, holdout_users=len(dataset.users)), dataset)
+    with pytest.raises(UsageError, match="--holdout-users must be 0 or more"):
+        ft.check_config(replace(config, holdout_users=-1))

@@ -36,7 +36,7 @@ FEEDS: dict[str, set[str]] = {
     "hf": {"resolve", "score", "select", "build", "finetune", "reference"},
     "calib_users": {"score"},
     "val_users": {"select"},
-    "eval_users": {"eval"},
+    "eval_users": {"eval"} | HEALING,  # healing holds the evaluated users out
     "history": PROMPT,
     "title_words": PROMPT,
     "task_format": PROMPT,

@@ -79,6 +79,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--device-map", default=None, help="accelerate device map for scoring, e.g. cuda or auto (default: CPU)")
     p.add_argument("--cross-data", default=None, metavar="DATA",
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
+    p.add_argument("--cross-users", type=int, default=None, metavar="N", help="test users of --cross-data (default --test-users)")
     p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
     p.add_argument("--skip", default="", help="leave out: plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
@@ -378,7 +379,8 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     """The work directory caches models and scores by name: refuse one made with another recipe
     (what only adds or leaves out rows, reports or keeps, is not part of it; nor is an option
     added since, while it is at its default)."""
-    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "skip", "report", "keeps", "keep_list", "measure")}
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users")
+    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
         earlier = json.loads(recipe_file.read_text())
@@ -395,11 +397,11 @@ def cross_domain(args: argparse.Namespace, found: dict[str, Path], work: Path) -
     model fine-tuned on ``--data`` (the same budget) there. ``None`` without ``--cross-data``."""
     if not args.cross_data:
         return None
-    there = argparse.Namespace(**{**vars(args), "data": args.cross_data})
+    there = argparse.Namespace(**{**vars(args), "data": args.cross_data, "test_users": args.cross_users or args.test_users})
     dataset = load_dataset(args.cross_data)
-    place = work / f"cross-{Path(args.cross_data).name}"
+    place = work / f"cross-{Path(args.cross_data).name}-{there.test_users}"
     scores = {key: scores_of(key, path, there, dataset, place) for key, path in found.items()}
-    return {"data": args.cross_data, "regimes": {regime: regime_report(regime, scores, there, dataset) for regime in REGIMES}}
+    return {"data": args.cross_data, "test_users": there.test_users, "regimes": {regime: regime_report(regime, scores, there, dataset) for regime in REGIMES}}
 
 
 def main(argv: list[str] | None = None) -> dict:

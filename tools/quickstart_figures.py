@@ -80,12 +80,19 @@ def collect(run_dir: Path, *, wall: float, rerun: float, cpu: float | None = Non
         "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1) if cpu is not None else None, "rerun_seconds": round(rerun, 1),
         "stages": {name: record["seconds"] for name, record in state.items() if isinstance(record, dict) and "seconds" in record},
         "defaults": {k: config[k] for k in DEFAULT_KEYS if k in config},
-        "eval": {"users": slim["users"], "candidates": slim["candidates"], "regime": slim["config"]["regime"], "data": slim["data"]["name"]},
+        "eval": {"users": slim["users"], "candidates": slim["candidates"], "regime": slim["config"]["regime"], "data": slim["data"]["name"],
+                 "held_out": _held_out(layout)},
         "ndcg10": {"original": _interval(original["metrics"]["ndcg@10"]), "slim": _interval(slim["metrics"]["ndcg@10"]),
                    "popularity": _interval(slim["baselines"]["popularity"]["ndcg@10"]), "random": round(slim["baselines"]["random"]["ndcg@10"], 4)},
         "speed": {"prompt": round(bench["ratios"]["prompt_tps"], 2), "generation": round(bench["ratios"]["gen_tps"], 2)},
         "chat": {label: _chat(layout.generation_record(label)) for label in ("slim", "original") if layout.generation_record(label).is_file()},
     }
+
+
+def _held_out(layout: RunLayout) -> int:
+    """How many users the healing left out (the evaluated ones; 0 in runs made before it did)."""
+    provenance = paths.read_json(layout.healed_dir / "slim.json")
+    return int(provenance.get("finetune", {}).get("config", {}).get("holdout_users", 0))
 
 
 def _chat(record: Path) -> dict[str, Any]:
@@ -153,7 +160,8 @@ def render(figures: dict[str, Any]) -> str:
         f"wrote this paragraph): the quickstart with its defaults (`--methods {','.join(d['methods'])} --strategy {d['strategy']} "
         f"--bridge {d['bridge']} --steps {d['steps']}{_healing(d)} --outtype {d['outtype']}`) took **{_minutes(f['wall_seconds'])}** end to end{cpu} "
         f"({stages}), and rerunning it with everything present took **{f['rerun_seconds']:.1f} s**. Its report on "
-        f"{d['data']} ({f['eval']['users']} test users, 1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
+        f"{d['data']} ({f['eval']['users']} test users{', none of them healed on' if f['eval'].get('held_out') else ''}, "
+        f"1+{f['eval']['candidates'] - 1} {f['eval']['regime']}): original "
         f"zero-shot NDCG@10 {_ci(n['original'])}, slim healed {_ci(n['slim'])} (it keeps {_kept(n)} of the original's lift over random), "
         f"popularity {_ci(n['popularity'])}, random {n['random']:.3f}; llama.cpp speed slim/original: prompt {f['speed']['prompt']:.2f}x, generation "
         f"{f['speed']['generation']:.2f}x ({d['outtype']}, {d['bench_repeats']} repeats). {verdict}{_asked(f.get('chat') or {})}"

@@ -60,6 +60,8 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"], show_default=True, help="Examples per optimizer step (over all processes).")
 @click.option("--checkpoint-every", type=int, default=_DEFAULTS["checkpoint_every"], show_default=True, help="Write a checkpoint every N steps.")
 @click.option("--users", type=int, help="Train on this many users only (seeded draw).")
+@click.option("--holdout-users", type=int, default=_DEFAULTS["holdout_users"], show_default=True, metavar="N",
+              help="Leave out of training and validation the N users `eval --users N` ranks with the same --seed: test users the model never saw.")
 @click.option("--history", type=int, default=_DEFAULTS["history"], show_default=True, help="History items in the prompt.")
 @click.option("--answers", type=int, default=_DEFAULTS["answers"], show_default=True, metavar="N",
               help="Train each prompt on N answers: the target and the N-1 items the user took next, packed after one prompt "
@@ -85,7 +87,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
             align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
             early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
-            batch_size: int, checkpoint_every: int, users: int | None, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
+            batch_size: int, checkpoint_every: int, users: int | None, holdout_users: int, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
             force: bool, as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
     (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
@@ -108,7 +110,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
         align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
         early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
         val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
-        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, users=users, hf=hf, force=force, task_format=task_format,
+        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,
     )
     check_config(config)  # a bad option: one line, before the progress bar
     columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]

@@ -94,7 +94,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--hf", help="Hugging Face repo id or directory of the original's weights.")
 @click.option("--calib-users", type=int, default=_DEFAULTS.calib_users, show_default=True, help="Train users for layer scores.")
 @click.option("--val-users", type=int, default=_DEFAULTS.val_users, show_default=True, help="Validation users for selection.")
-@click.option("--eval-users", type=int, default=_DEFAULTS.eval_users, show_default=True, help="Test users for the report's quality figures.")
+@click.option("--eval-users", type=int, default=_DEFAULTS.eval_users, show_default=True, help="Test users for the report's quality figures; healing leaves them out, so they are users the slim model never saw.")
 @click.option("--history", type=int, default=_DEFAULTS.history, show_default=True, help="History titles in the prompt.")
 @click.option("--title-words", type=int, default=_DEFAULTS.title_words, show_default=True, help="Titles cut to this many words in prompts.")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS.task_format, show_default=True,

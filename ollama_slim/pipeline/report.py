@@ -221,8 +221,7 @@ def _describe_finetune(info: dict[str, Any]) -> str:
         parts.append(info["answers"])
     if "ranking" in info:
         parts.append(f"ranking over {info['ranking']}")
-    if "teacher" in info:
-        parts.append(info["teacher"])
+    parts += [info[key] for key in ("teacher", "holdout") if key in info]
     return ", ".join(parts) or "done"
 
 

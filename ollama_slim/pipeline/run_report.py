@@ -48,6 +48,8 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
         if c.align_weight > 0:
             parts.append(f"alignment at the gap ends weight {c.align_weight}")
         terms["teacher"] = "distilled from the original (" + ", ".join(parts) + ")"
+    if c.eval_users:
+        terms["holdout"] = f"the {c.eval_users} evaluated users held out"
     return terms
 
 

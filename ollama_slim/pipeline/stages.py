@@ -76,11 +76,13 @@ def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:
 
 
 def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: Path | None) -> FinetuneConfig:
-    """The one healing recipe of a run, for the slim model and the reference alike."""
+    """The one healing recipe of a run, for the slim model and the reference alike; neither sees
+    the users the eval stage ranks (``holdout_users``), so its figures are on users never healed on."""
     return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
                           rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, rank_regimes=c.rank_regimes, checkpoint_every=c.checkpoint_every,
                           seed=c.seed, history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format,
-                          answers=c.answers, popularity_debias=c.popularity_debias, cf_answers=c.cf_answers, cf_share=c.cf_share, full=c.full)
+                          answers=c.answers, popularity_debias=c.popularity_debias, cf_answers=c.cf_answers, cf_share=c.cf_share, full=c.full,
+                          holdout_users=c.eval_users)
 
 
 def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -70,9 +71,13 @@ class Example:
     position: int = -1  # the target's index in the user's sequence (-1: not known)
 
 
-def select_users(dataset: Dataset, n: int | None, *, seed: int = 0) -> list[int]:
-    """``n`` users drawn with a fixed seed (all users, sorted, when ``n`` is None)."""
-    users = dataset.users
+def select_users(dataset: Dataset, n: int | None, *, seed: int = 0, exclude: Collection[int] = ()) -> list[int]:
+    """``n`` users drawn with a fixed seed (all users, sorted, when ``n`` is None), none of
+    ``exclude`` (the draw among the others; without ``exclude``, every call draws as before)."""
+    left = set(exclude)
+    users = [u for u in dataset.users if u not in left] if left else dataset.users
+    if not users:
+        raise DataError(f"data set {dataset.name} has no users besides the {len(left)} held out", hint="hold out fewer users")
     if n is None or n >= len(users):
         return users
     if n <= 0:

@@ -86,6 +86,7 @@ class FinetuneConfig:
     task_format: str = "completion"  # or "chat": train on the prompt as `ollama run` renders it, the answer closed by end-of-turn
     chat: Any = None  # the model's ChatPrompt for the chat format (found by the stage; not a setting)
     users: int | None = None
+    holdout_users: int = 0  # left out of training and validation: the users `eval --users N --seed SEED` ranks (users the model never saw)
     mixed_precision: str | None = None  # None: what `accelerate launch` says (no on CPU)
     hf: str | None = None
     force: bool = False
@@ -128,7 +129,7 @@ _DEPENDENT = {
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias", "cf_answers", "cf_share")
+          "answers", "popularity_debias", "cf_answers", "cf_share", "holdout_users")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -186,6 +187,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--cf-answers must be 0 or more, got {config.cf_answers}", hint="0 trains on the data's answers alone")
     if not 0.0 < config.cf_share < 1.0:
         raise UsageError(f"--cf-share must be between 0 and 1 (both excluded), got {config.cf_share}", hint="e.g. --cf-share 0.5")
+    if config.holdout_users < 0:
+        raise UsageError(f"--holdout-users must be 0 or more, got {config.holdout_users}", hint="0 heals on every user; N leaves out the users `eval --users N` ranks")
     if not config.popularity_debias >= 0.0:
         raise UsageError(f"--popularity-debias must be 0 or more, got {config.popularity_debias}", hint="0 weighs every answer alike; 0.5 is a mild debias")
     if config.task_format not in TASK_FORMATS:

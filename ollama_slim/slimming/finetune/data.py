@@ -19,11 +19,25 @@ from ollama_slim.models.lm import Row
 from ollama_slim.slimming.finetune.config import FinetuneConfig
 
 
+def heldout_users(config: FinetuneConfig, dataset: Any) -> set[int]:
+    """The users healing never sees: those an evaluation of ``holdout_users`` users with the
+    same seed ranks (:func:`ollama_slim.recsys.evaluate.prepare_cases`); none by default."""
+    from ollama_slim.recsys.data import select_users
+
+    if not config.holdout_users:
+        return set()
+    if config.holdout_users >= len(dataset.users):
+        raise UsageError(f"holding out {config.holdout_users} users leaves none of the {len(dataset.users)} users of {dataset.name} to heal on",
+                         hint="hold out fewer users (--holdout-users; prune holds out its --eval-users)")
+    return set(select_users(dataset, config.holdout_users, seed=config.seed))
+
+
 def train_examples(config: FinetuneConfig, dataset: Any) -> list[Any]:
-    """The train-split examples of ``config``'s users (a :class:`UsageError` if there are none)."""
+    """The train-split examples of ``config``'s users, none of the held-out ones (a
+    :class:`UsageError` if there are none)."""
     from ollama_slim.recsys.data import examples, select_users
 
-    users = select_users(dataset, config.users, seed=config.seed)
+    users = select_users(dataset, config.users, seed=config.seed, exclude=heldout_users(config, dataset))
     found = examples(dataset, split="train", history=config.history, users=users)
     if not found:
         raise UsageError(f"data set {dataset.name} has no train examples", hint="each user needs at least 4 interactions to train on")

@@ -21,7 +21,7 @@ import torch
 from ollama_slim.errors import UsageError
 from ollama_slim.models.lm import Row, candidate_logits, candidate_scores, title_nll
 from ollama_slim.slimming.finetune.config import FinetuneConfig
-from ollama_slim.slimming.finetune.data import encode_rows, fewest_unseen
+from ollama_slim.slimming.finetune.data import encode_rows, fewest_unseen, heldout_users
 
 RowsFn = Callable[[FinetuneConfig, Any, Any], list[Row]]  # (config, dataset, tokenizer) -> validation rows
 MeasureFn = Callable[..., float]  # (model, rows, *, batch, pad_id) -> value
@@ -47,10 +47,11 @@ def register_measure(name: str, *, higher_is_better: bool, rows: RowsFn) -> Call
 
 
 def _valid_examples(config: FinetuneConfig, dataset: Any) -> list[Any]:
-    """The valid-split examples of ``val_users`` users (seeded draw)."""
+    """The valid-split examples of ``val_users`` users (seeded draw, none of the held-out ones)."""
     from ollama_slim.recsys.data import examples, select_users
 
-    return examples(dataset, split="valid", history=config.history, users=select_users(dataset, config.val_users, seed=config.seed))
+    users = select_users(dataset, config.val_users, seed=config.seed, exclude=heldout_users(config, dataset))
+    return examples(dataset, split="valid", history=config.history, users=users)
 
 
 def title_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row]:
