@@ -229,13 +229,35 @@ def test_llama_cpp_scorer_runs_a_repeated_candidate_once(tiny_llama: Path, tmp_p
     cands = [rng.integers(3, 200, size=n).tolist() for n in (3, 1, 4, 2)]
     scorer = LlamaCppScorer(gguf)
     alone = scorer.score(prompt, cands)
-    evals: list[list[int]] = []
-    real_eval = scorer.llm.eval
-    monkeypatch.setattr(scorer.llm, "eval", lambda tokens: (evals.append(list(tokens)), real_eval(tokens))[1])
+    runs: list[list[list[int]]] = []
+    real = scorer._score_together
+    monkeypatch.setattr(scorer, "_score_together", lambda p, chunk: (runs.append(chunk), real(p, chunk))[1])
     twice = scorer.score(prompt, cands + [cands[0], cands[2]])
     np.testing.assert_array_equal(twice, np.concatenate([alone, alone[[0, 2]]]))
-    assert len(evals) == 1 + 3  # the prompt, then every candidate of more than one token once
+    assert runs == [cands]  # one decode, every distinct candidate once
     assert len(set(np.round(alone, 4))) == 4
+
+
+def test_llama_cpp_scorer_splits_what_one_batch_cannot_hold(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More candidates than sequences, or more tokens than the context: further decodes,
+    the same scores as one (up to the f16 KV cache and summation order)."""
+    export = pytest.importorskip("ollama_slim.gguf.export")
+    from ollama_slim.recsys.scorers import LlamaCppScorer, ScorerOptions
+
+    gguf = tmp_path / "tiny-f32.gguf"
+    export.export_gguf(export.ExportConfig(model_dir=tiny_llama, outtype="f32", out=gguf, check=False))
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(3, 200, size=40).tolist()
+    cands = [rng.integers(3, 200, size=n).tolist() for n in rng.integers(1, 9, size=30)]
+    together = LlamaCppScorer(gguf).score(prompt, cands)
+    for sequences, context in ((7, 1024), (64, 80)):
+        monkeypatch.setattr(LlamaCppScorer, "SEQUENCES", sequences)
+        scorer = LlamaCppScorer(gguf, options=ScorerOptions(context=context))
+        runs: list[int] = []
+        real = scorer._score_together
+        monkeypatch.setattr(scorer, "_score_together", lambda p, chunk: (runs.append(len(chunk)), real(p, chunk))[1])
+        np.testing.assert_allclose(scorer.score(prompt, cands), together, atol=1e-3)  # the KV cache is f16
+        assert sum(runs) == 30 and len(runs) > 1 and max(runs) <= sequences
 
 
 def test_llama_cpp_backend_refuses_layer_subsets(tmp_path: Path) -> None:

@@ -142,29 +142,38 @@ class LlamaCppTokenizer:
 
 
 class LlamaCppScorer:
-    """A GGUF scored through llama-cpp-python: the prompt is evaluated once, then each
-    candidate continues from its KV cache (the cache is cut back to the prompt between
-    candidates, so the prompt never runs again)."""
+    """A GGUF scored through llama-cpp-python, one decode per user: the prompt's tokens belong
+    to every candidate's sequence and each candidate's tokens to its own, in one batch over
+    llama.cpp's unified KV cache, so the prompt runs once and the candidates side by side
+    (what the transformers scorer does with its batched cache). Candidates that do not fit
+    one batch (more than ``SEQUENCES``, or past the context) go in further batches."""
 
     name = "llama-cpp"
+    SEQUENCES = 64
 
     def __init__(self, gguf_path: Path, *, tokenizer: Any | None = None, options: ScorerOptions = ScorerOptions()) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp import Llama, _internals
 
         threads = options.threads or os.cpu_count() or 1
-        try:
-            self.llm = Llama(model_path=str(gguf_path), n_ctx=options.context, n_batch=512, logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+        try:  # the model and its tokenizer; the scoring runs in a context of its own, below
+            self.llm = Llama(model_path=str(gguf_path), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads, verbose=False)
         except (ValueError, RuntimeError) as err:
             raise SourceError(f"llama.cpp cannot load {gguf_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})", hint="check that the file is a complete GGUF of a supported architecture") from None
+        self.sequences = min(self.SEQUENCES, int(llama_cpp.llama_max_parallel_sequences()))
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = params.n_batch = options.context
+        params.n_ubatch = min(512, options.context)
+        params.n_seq_max, params.kv_unified = self.sequences, True
+        params.n_threads = params.n_threads_batch = threads
+        self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        self._batch = _internals.LlamaBatch(n_tokens=options.context, embd=0, n_seq_max=self.sequences, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
         self.tokenizer = tokenizer if tokenizer is not None else LlamaCppTokenizer(self.llm)
         self.context = options.context
 
     def score(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
         """[C] mean log-prob of each candidate after ``prompt`` (float64 log-softmax of llama.cpp's logits)."""
-        import torch
-
-        from ollama_slim.models.lm import mean_token_logprob
-
         p = len(prompt)
         longest = max(len(c) for c in candidates)
         if p + longest > self.context:
@@ -173,19 +182,52 @@ class LlamaCppScorer:
         if len(distinct) < len(candidates):
             where = {cand: i for i, cand in enumerate(distinct)}
             return self.score(prompt, [list(c) for c in distinct])[[where[tuple(c)] for c in candidates]]
-        llm = self.llm
-        llm.reset()
-        llm.eval(prompt)
-        first = torch.tensor(llm.scores[p - 1 : p], dtype=torch.float64)  # [1, V]: predicts each candidate's first token
-        out = np.empty(len(candidates))
-        for row, cand in enumerate(candidates):
-            llm.n_tokens = p  # drop the previous candidate; eval() clears the cache past here
-            logits = first
-            if len(cand) > 1:
-                llm.eval(cand[:-1])
-                logits = torch.cat([first, torch.tensor(llm.scores[p : p + len(cand) - 1], dtype=torch.float64)])  # [L, V]
-            out[row] = float(mean_token_logprob(logits, torch.tensor(cand, dtype=torch.long)))
-        return out
+        out, chunk, used = [], [], p
+        for cand in candidates:
+            if chunk and (len(chunk) == self.sequences or used + len(cand) - 1 > self.context):
+                out.append(self._score_together(prompt, chunk))
+                chunk, used = [], p
+            chunk.append(cand)
+            used += len(cand) - 1
+        out.append(self._score_together(prompt, chunk))
+        return np.concatenate(out)
+
+    def _score_together(self, prompt: list[int], candidates: list[list[int]]) -> np.ndarray:
+        """One decode: ``prompt`` in every candidate's sequence, each candidate but its last token in its own."""
+        import llama_cpp
+        import torch
+
+        from ollama_slim.models.lm import mean_token_logprob
+
+        batch, p = self._batch.batch, len(prompt)
+        rows: list[list[int]] = []  # per candidate: the batch rows whose logits predict its 2nd, 3rd... token
+        n = 0
+
+        def put(token: int, pos: int, seqs: range | list[int], logits: bool) -> None:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, len(seqs), logits
+            for k, seq in enumerate(seqs):
+                batch.seq_id[n][k] = seq
+            n += 1
+
+        for i, token in enumerate(prompt):
+            put(token, i, range(len(candidates)), i == p - 1)
+        for seq, cand in enumerate(candidates):
+            rows.append(list(range(n, n + len(cand) - 1)))
+            for j, token in enumerate(cand[:-1]):
+                put(token, p + j, [seq], True)
+        batch.n_tokens = n
+        llama_cpp.llama_memory_clear(self._ctx.memory, True)
+        status = llama_cpp.llama_decode(self._ctx.ctx, batch)
+        if status != 0:
+            raise UsageError(f"llama.cpp could not decode {n} tokens (status {status})", hint="lower --history or --title-tokens, or use the transformers backend")
+
+        def logits(row: int) -> torch.Tensor:
+            return torch.tensor(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, row), shape=(self.n_vocab,)), dtype=torch.float64)
+
+        first = logits(p - 1)  # predicts each candidate's first token
+        scores = [mean_token_logprob(torch.stack([first, *(logits(r) for r in rows[i])]), torch.tensor(cand, dtype=torch.long)) for i, cand in enumerate(candidates)]
+        return np.array([float(s) for s in scores])
 
     def using_layers(self, layers: list[int] | None) -> Any:
         if layers is not None:
