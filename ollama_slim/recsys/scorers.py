@@ -156,17 +156,17 @@ class LlamaCppScorer:
         from llama_cpp import Llama, _internals
 
         threads = options.threads or os.cpu_count() or 1
-        try:  # the model and its tokenizer; the scoring runs in a context of its own, below
-            self.llm = Llama(model_path=str(gguf_path), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads, verbose=False)
-        except (ValueError, RuntimeError) as err:
-            raise SourceError(f"llama.cpp cannot load {gguf_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})", hint="check that the file is a complete GGUF of a supported architecture") from None
         self.sequences = min(self.SEQUENCES, int(llama_cpp.llama_max_parallel_sequences()))
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = params.n_batch = options.context
         params.n_ubatch = min(512, options.context)
         params.n_seq_max, params.kv_unified = self.sequences, True
         params.n_threads = params.n_threads_batch = threads
-        self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        try:  # the model and its tokenizer (a small context of its own), and the scoring context
+            self.llm = Llama(model_path=str(gguf_path), n_ctx=64, n_batch=64, n_threads=threads, n_threads_batch=threads, verbose=False)
+            self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        except (ValueError, RuntimeError) as err:
+            raise SourceError(f"llama.cpp cannot load {gguf_path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})", hint="check that the file is a complete GGUF of a supported architecture") from None
         self._batch = _internals.LlamaBatch(n_tokens=options.context, embd=0, n_seq_max=self.sequences, verbose=False)
         self.n_vocab = self.llm.n_vocab()
         self.tokenizer = tokenizer if tokenizer is not None else LlamaCppTokenizer(self.llm)
