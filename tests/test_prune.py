@@ -258,3 +258,14 @@ def test_share_the_quickstart_run(finished_run, server, hf_hub, tmp_path: Path) 
     shared = CliRunner().invoke(main, ["eval", "hf.co/alice/smollm2-slim-rec-GGUF:Q8_0", "--data", config.data, "--users", "4", "--history", str(config.history), "--json"])
     assert shared.exit_code == 0, shared.output
     assert json.loads(shared.stdout)["backend"] == "llama-cpp"
+
+
+def test_an_unknown_task_format_is_refused_before_its_recipe_is_read(tmp_path: Path) -> None:
+    """A config file or the Python API can name a format the CLI's choice would refuse: it has no recipe."""
+    from ollama_slim.errors import UsageError
+    from ollama_slim.pipeline.prune import check_config
+
+    config = PruneConfig(model="smollm2:135m", keep=10, run_dir=tmp_path / "run", task_format="raw")
+    assert config.steps is None  # no recipe filled it
+    with pytest.raises(UsageError, match="--task-format 'raw' is not known"):
+        check_config(config)

@@ -56,13 +56,12 @@ def check_config(config: PruneConfig) -> None:
         raise UsageError(f"--min-retained must be in (0, 1], got {config.min_retained}", hint="e.g. --min-retained 0.9")
     if config.from_stage is not None and config.from_stage not in STAGES:
         raise UsageError(f"--from {config.from_stage}: no such stage", hint=f"stages: {', '.join(STAGES)}")
-    checks = [(config.bridge, BRIDGES, "--bridge"), (config.strategy, STRATEGIES, "--strategy"), (config.outtype, outtypes(), "--outtype")]
+    checks = [(config.bridge, BRIDGES, "--bridge"), (config.strategy, STRATEGIES, "--strategy"), (config.outtype, outtypes(), "--outtype"),
+              (config.task_format, tuple(RECIPES), "--task-format")]  # an unknown format has no recipe: checked before its fields are read
     checks += [(m, METHODS, "--methods") for m in config.methods]
     for value, known, option in checks:
         if value not in known:
             raise UsageError(f"{option} {value!r} is not known", hint=f"choose from {', '.join(known)}")
-    if config.task_format not in RECIPES:
-        raise UsageError(f"--task-format {config.task_format!r} is not known", hint=f"choose from {', '.join(RECIPES)}")
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {config.steps}")
     if config.teacher not in TEACHERS:
