@@ -175,6 +175,33 @@ def test_cli_eval_table(tiny_llama: Path, amazon_dir: Path) -> None:
     assert "ndcg@10" in result.stdout and "popularity" in result.stdout and "random" in result.stdout
 
 
+def test_cli_eval_asks_a_run_model_in_the_prompt_it_was_healed_on(tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """A model of a prune run is ranked with the run's task format, history and title words unless options say otherwise."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_llama, run / "healed")
+    (run / "prune.json").write_text(json.dumps({"command": "ollama-slim prune x --keep 2", "config": {"task_format": "chat", "history": 3, "title_words": 5}}))
+    common = ["--data", str(amazon_dir), "--users", "3", "--negatives", "4", "--json", "--per-user"]
+
+    from_run = CliRunner().invoke(main, ["eval", str(run / "healed"), *common])
+    assert from_run.exit_code == 0, from_run.output
+    assert "task format chat" in from_run.stderr and "prune.json" in from_run.stderr
+    explicit = CliRunner().invoke(main, ["eval", str(tiny_llama), *common, "--task-format", "chat", "--history", "3", "--title-words", "5"])
+    got, want = json.loads(from_run.stdout), json.loads(explicit.stdout)
+    assert got["config"] == want["config"] and got["config"]["task_format"] == "chat" and got["config"]["title_words"] == 5
+    assert got["metrics"] == want["metrics"] and got["per_user"] == want["per_user"]
+
+    overridden = json.loads(CliRunner().invoke(main, ["eval", str(run / "healed"), *common, "--task-format", "completion"]).stdout)
+    assert overridden["config"]["task_format"] == "completion" and overridden["config"]["history"] == 3
+    plain = json.loads(CliRunner().invoke(main, ["eval", str(tiny_llama), *common]).stdout)  # no run: the defaults
+    assert plain["config"]["task_format"] == "completion" and plain["config"]["history"] == EvalConfig(data="-").history
+
+    (run / "prune.json").write_text("{not json")
+    broken = CliRunner().invoke(main, ["eval", str(run / "healed"), *common])
+    assert broken.exit_code != 0 and "cannot read the run's settings" in broken.output and "Traceback" not in broken.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

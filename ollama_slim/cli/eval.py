@@ -40,10 +40,10 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--users", type=int, default=_DEFAULTS["users"], show_default=True, help="Users drawn with the seed (0 = all).")
 @click.option("--negatives", type=int, default=_DEFAULTS["negatives"], show_default=True, help="Negatives per target.")
 @click.option("--regime", type=RegistryChoice(REGIMES), default=_DEFAULTS["regime"], show_default=True, help="How negatives are drawn.")
-@click.option("--history", type=int, default=_DEFAULTS["history"], show_default=True, help="History titles in the prompt.")
+@click.option("--history", type=int, show_default=f"the run's, else {_DEFAULTS['history']}", help="History titles in the prompt.")
 @click.option("--title-tokens", type=int, default=_DEFAULTS["title_tokens"], show_default=True, help="Candidate titles are scored on at most this many tokens.")
-@click.option("--title-words", type=int, default=_DEFAULTS["title_words"], show_default=True, help="Titles cut to this many words in prompts (prune and finetune use 10).")
-@click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
+@click.option("--title-words", type=int, show_default=f"the run's, else {_DEFAULTS['title_words']}", help="Titles cut to this many words in prompts (prune and finetune use 10).")
+@click.option("--task-format", type=click.Choice(TASK_FORMATS), show_default=f"the run's, else {_DEFAULTS['task_format']}",
               help="rank: completion (a raw prompt) or chat (the prompt as `ollama run` renders it, each candidate as the answer).")
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Seed of the users, negatives and bootstrap.")
 @click.option("--backend", type=RegistryChoice(["auto", *SCORERS]), default=_DEFAULTS["backend"], show_default=True, help="auto: llama-cpp for a .gguf file, transformers otherwise.")
@@ -62,7 +62,7 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option("--modelfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: TEMPLATE, SYSTEM and stops from this Modelfile (default: the model's own, e.g. a run's).")
 @click.option("--ranks", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="generate: a ranking result of the same model and users (eval_<label>.json) for the target-or-top-10 share.")
 @verbose_option
-def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int, title_tokens: int, title_words: int, task_format: str, seed: int, backend: str, batch: int,
+def command(model: str, data: str, split: str, users: int, negatives: int, regime: str, history: int | None, title_tokens: int, title_words: int | None, task_format: str | None, seed: int, backend: str, batch: int,
             threads: int | None, layers: list[int] | None, run_dir: Path | None, label: str, as_json: bool, per_user: bool, mode: str,
             phrasings: tuple[str, ...], max_tokens: int, modelfile: Path | None, ranks: Path | None) -> None:
     """Rank each user's next item among 1 + N candidates with MODEL (an Ollama tag, a
@@ -74,7 +74,12 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
     user's history goes to it as a chat message, rendered with the Modelfile's TEMPLATE and
     SYSTEM, answered greedily by llama.cpp; printed are the shares of answers that are a
     catalogue title, a title the user did not list, the target, and distinct answers.
+
+    A model of a `prune` run (the run directory, its healed/, reference/ or model.gguf)
+    is asked in the prompt it was healed on: --task-format, --history and --title-words
+    default to the run's (prune.json), so the figures match its report.
     """
+    history, title_words, task_format = _prompt_settings(model, run_dir, history=history, title_words=title_words, task_format=task_format)
     config = EvalConfig(
         data=data, split=split, users=users or None, negatives=negatives, regime=regime, history=history,
         title_tokens=title_tokens, title_words=title_words, seed=seed, backend=backend, batch=batch, threads=threads, run_dir=run_dir, label=label, task_format=task_format,
@@ -87,6 +92,25 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
     if modelfile is not None or ranks is not None:
         raise UsageError("--modelfile and --ranks belong to --mode generate", hint="add --mode generate, or leave them out")
     _rank(model, config, layers=layers, as_json=as_json, per_user=per_user)
+
+
+def _prompt_settings(model: str, run_dir: Path | None, **given: object) -> tuple:
+    """``history``, ``title_words`` and ``task_format``: as given, else the ``prune`` run's of ``model`` (or of
+    ``--run-dir``), else the defaults. A run's settings that are used are said on stderr."""
+    from ollama_slim import paths
+    from ollama_slim.pipeline.layout import RunLayout, run_of
+
+    run = run_of(model) or (run_of(run_dir) if run_dir is not None else None)
+    record = RunLayout(run).prune_record if run is not None else None
+    try:
+        recorded = paths.read_json(record).get("config", {}) if record is not None else {}
+    except (OSError, ValueError, AttributeError) as err:
+        raise UsageError(f"cannot read the run's settings from {record}: {err}", hint="give --task-format, --history and --title-words") from None
+    taken = {key: recorded[key] for key, value in given.items() if value is None and key in recorded}
+    if taken:
+        said = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in taken.items())
+        Console(stderr=True).print(f"{said} from {record} (options override)", markup=False, highlight=False)
+    return tuple(given[key] if given[key] is not None else taken.get(key, _DEFAULTS[key]) for key in ("history", "title_words", "task_format"))
 
 
 def _rank(model: str, config: EvalConfig, *, layers: list[int] | None, as_json: bool, per_user: bool) -> None:

@@ -151,3 +151,12 @@ def is_run_dir(path: str | Path) -> bool:
     """Whether ``path`` is a run directory (a folder of stage results), not a model directory."""
     path = Path(path)
     return path.is_dir() and not (path / "config.json").is_file()
+
+
+def run_of(model: str | Path) -> Path | None:
+    """The run directory ``model`` belongs to (``RUN``, ``RUN/healed``, ``RUN/model.gguf``...), if ``prune`` made one."""
+    path = Path(model)
+    for candidate in (path, path.parent):
+        if RunLayout(candidate).prune_record.is_file():
+            return candidate
+    return None
