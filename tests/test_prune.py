@@ -69,6 +69,9 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     assert "generation tokens/s" in report
     assert "Quality retained on lift" in report and "reference: full model fine-tuned, same budget" in report
     assert "## Cross-domain check" in report and (config.run_dir / "eval_cross_slim.json").is_file()
+    asked = json.loads((config.run_dir / "generation_reference.json").read_text())  # the reference asked in chat, like the slim model
+    assert asked["users"] == config.eval_users and not (config.run_dir / "reference.q8_0.gguf").exists()  # measured, then removed
+    assert "| full model healed the same way (reference)" in report
     healing = json.loads((config.run_dir / "finetune.json").read_text())
     assert healing["teacher"]["forwards"] > 0  # distilled from the original (listwise KD, alignment)
     assert "distilled from the original" in report

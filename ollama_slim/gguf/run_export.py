@@ -48,11 +48,22 @@ def export_run(config: RunExportConfig) -> ExportResult:
     return result
 
 
-def _export_original(resolved: dict[str, Any], *, out: Path, outtype: str) -> None:
-    """The original model as the same outtype, with its own tokenizer when it came as a GGUF (unchecked)."""
+def _export_original(resolved: dict[str, Any], *, out: Path, outtype: str, model_dir: Path | None = None) -> None:
+    """The original model (or ``model_dir``, a fine-tune of it) as the same outtype, with the original's tokenizer
+    when it came as a GGUF (unchecked)."""
     source_gguf = resolved.get("gguf_path")
-    export_gguf(ExportConfig(model_dir=Path(resolved["model_dir"]), outtype=outtype, out=out, force=True, check=False,
+    export_gguf(ExportConfig(model_dir=model_dir or Path(resolved["model_dir"]), outtype=outtype, out=out, force=True, check=False,
                              tokenizer_gguf=Path(source_gguf) if source_gguf else None, origin=resolved))
+
+
+def export_reference(run_dir: Path, outtype: str) -> Path:
+    """The run's reference (the full model healed like the slim one) as ``reference.<outtype>.gguf``, to ask it in chat."""
+    layout = RunLayout(Path(run_dir))
+    if not (layout.reference_dir / "config.json").is_file():
+        raise RunError(f"run directory {layout.root} has no reference model", hint="prune with --reference fine-tunes one")
+    out = layout.reference_gguf(outtype)
+    _export_original(paths.read_json(layout.resolve), out=out, outtype=outtype, model_dir=layout.reference_dir)
+    return out
 
 
 def _write_modelfile(layout: RunLayout, resolved: dict[str, Any] | None) -> Path:

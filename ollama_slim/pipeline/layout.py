@@ -91,6 +91,10 @@ class RunLayout:
         """The original model at the slim model's outtype, for the speed benchmark."""
         return self.root / f"original.{outtype}.gguf"
 
+    def reference_gguf(self, outtype: str) -> Path:
+        """The reference (the full model healed like the slim one) at the slim model's outtype, asked in chat beside it."""
+        return self.root / f"reference.{outtype}.gguf"
+
     def find_original_gguf(self) -> Path | None:
         """The original's GGUF that export wrote, whatever its outtype."""
         found = sorted(self.root.glob("original.*.gguf"))

@@ -80,10 +80,14 @@ def write_run_report(config: PruneConfig, layout: RunLayout) -> Path:
         timings={k: v.get("seconds", 0.0) for k, v in _read(layout.state).items() if isinstance(v, dict)},
         commands=[command_line(c), f"ollama-slim bench {original_gguf} {layout.gguf}"], registered=register.get("name") if register.get("registered", True) and register else None,
         notes=_notes(c, layout),
-        generation={label: _read(layout.generation_record(key)) for key, label in (("slim", "slim (shipped GGUF)"), ("original", "original, asked the slim model's way"))
-                    if layout.generation_record(key).is_file()},
+        generation={label: _read(layout.generation_record(key)) for key, label in ASKED_IN_CHAT.items()
+                    if layout.generation_record(key).is_file() and (key != "reference" or c.wants_reference())},
     )
     return write_report(inputs)
+
+
+ASKED_IN_CHAT = {"slim": "slim (shipped GGUF)", "original": "original, asked the slim model's way",
+                 "reference": "full model healed the same way (reference), asked the slim model's way"}  # generation_<key>.json -> report row
 
 
 def _notes(c: PruneConfig, layout: RunLayout) -> list[str]:

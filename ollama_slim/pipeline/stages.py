@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ollama_slim.ollama.modelfile import chat_prompt_of
 from ollama_slim import paths
 from ollama_slim.bench.speed import BenchConfig, bench
-from ollama_slim.gguf.run_export import RunExportConfig, export_run
+from ollama_slim.gguf.run_export import RunExportConfig, export_reference, export_run
 from ollama_slim.models.sources import ResolveConfig, resolve_model
 from ollama_slim.ollama.register import RegisterConfig, record_not_registered, register_model
 from ollama_slim.pipeline.config import PruneConfig
@@ -153,11 +153,17 @@ def _eval_config(c: PruneConfig, layout: RunLayout) -> dict[str, tuple[str, Eval
 
 
 def _generate_config(c: PruneConfig, layout: RunLayout) -> dict[str, GenerationConfig]:
-    """label -> the chat measure of the shipped GGUF (``slim``) and of the original's GGUF asked the slim model's way (``original``)."""
+    """label -> the chat measure of the shipped GGUF (``slim``), and asked the slim model's way (its Modelfile) the original's
+    GGUF (``original``) and, when there is one, the reference's (``reference``: the full model healed with the same recipe)."""
     def cases(label: str) -> EvalConfig:
         return EvalConfig(data=c.data, split="test", users=c.eval_users, history=c.history, title_words=c.title_words, seed=c.seed, run_dir=layout.root, label=label)
 
-    return {"slim": GenerationConfig(cases=cases("slim")), "original": GenerationConfig(cases=cases("original"), modelfile=layout.modelfile)}
+    return {"slim": GenerationConfig(cases=cases("slim"))} | {label: GenerationConfig(cases=cases(label), modelfile=layout.modelfile) for label in _asked_full(c)}
+
+
+def _asked_full(c: PruneConfig) -> tuple[str, ...]:
+    """The full models asked in chat beside the slim one."""
+    return ("original", "reference") if c.wants_reference() else ("original",)
 
 
 def _evals(c: PruneConfig, layout: RunLayout) -> dict[str, Any]:
@@ -169,18 +175,26 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
     for label, (which, config) in evals["rank"].items():
         say(f"eval: {label} on {config.data}")
         evaluate(_model_for(which, layout), config, progress=lambda done, total, label=label: say(f"eval: {label} {done}/{total} users"))
-    ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original"))}
+    ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original")),
+             "reference": (layout.reference_gguf(evals["outtype"]), layout.eval_record("reference"))}
     asked = {}
     for label, config in evals["generate"].items():
         gguf, ranks = ggufs[label]
-        asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
+        if label == "reference":  # exported for this measure only: a full-size file the run does not ship
+            say(f"eval: exporting the reference to {gguf.name}")
+            export_reference(layout.root, evals["outtype"])
+        try:
+            asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
+        finally:
+            if label == "reference":
+                gguf.unlink(missing_ok=True)
     slim = asked["slim"]
     titles = round(slim.figures["title"].mean * len(slim.users))
     say(f"slim {len(slim.users)}/{len(slim.users)} users; in chat {titles}/{len(slim.users)} answers are catalogue titles")
 
 
 def _eval_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
-    return [*(layout.eval_record(label) for label in c.eval_targets()), *(layout.generation_record(label) for label in ("slim", "original"))]
+    return [*(layout.eval_record(label) for label in c.eval_targets()), *(layout.generation_record(label) for label in ("slim", *_asked_full(c)))]
 
 
 def _model_for(which: str, layout: RunLayout) -> str:
