@@ -160,6 +160,8 @@ def is_run_dir(path: str | Path) -> bool:
 def run_of(model: str | Path) -> Path | None:
     """The run directory ``model`` belongs to (``RUN``, ``RUN/healed``, ``RUN/model.gguf``...), if ``prune`` made one."""
     path = Path(model)
+    if not path.exists():  # a tag, not a file of a run
+        return None
     for candidate in (path, path.parent):
         if RunLayout(candidate).prune_record.is_file():
             return candidate
