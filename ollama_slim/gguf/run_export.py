@@ -42,13 +42,13 @@ def export_run(config: RunExportConfig) -> ExportResult:
                                       tokenizer_gguf=config.tokenizer_gguf))
     resolved = paths.read_json(layout.resolve) if layout.resolve.is_file() else None
     if resolved is not None:
-        _export_original(resolved, out=layout.original_gguf(config.outtype), outtype=config.outtype)
+        _export_full_model(resolved, out=layout.original_gguf(config.outtype), outtype=config.outtype)
     _write_modelfile(layout, resolved)
     paths.write_json(layout.export_record, result.to_json())
     return result
 
 
-def _export_original(resolved: dict[str, Any], *, out: Path, outtype: str, model_dir: Path | None = None) -> None:
+def _export_full_model(resolved: dict[str, Any], *, out: Path, outtype: str, model_dir: Path | None = None) -> None:
     """The original model (or ``model_dir``, a fine-tune of it) as the same outtype, with the original's tokenizer
     when it came as a GGUF (unchecked)."""
     source_gguf = resolved.get("gguf_path")
@@ -62,7 +62,7 @@ def export_reference(run_dir: Path, outtype: str) -> Path:
     if not (layout.reference_dir / "config.json").is_file():
         raise RunError(f"run directory {layout.root} has no reference model", hint="prune with --reference fine-tunes one")
     out = layout.reference_gguf(outtype)
-    _export_original(paths.read_json(layout.resolve), out=out, outtype=outtype, model_dir=layout.reference_dir)
+    _export_full_model(paths.read_json(layout.resolve), out=out, outtype=outtype, model_dir=layout.reference_dir)
     return out
 
 

@@ -178,16 +178,15 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
     ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original")),
              "reference": (layout.reference_gguf(evals["outtype"]), layout.eval_record("reference"))}
     asked = {}
-    for label, config in evals["generate"].items():
-        gguf, ranks = ggufs[label]
-        if label == "reference":  # exported for this measure only: a full-size file the run does not ship
-            say(f"eval: exporting the reference to {gguf.name}")
-            export_reference(layout.root, evals["outtype"])
-        try:
+    if "reference" in evals["generate"]:  # exported for this measure only: a full-size file the run does not ship
+        say(f"eval: exporting the reference to {ggufs['reference'][0].name}")
+        export_reference(layout.root, evals["outtype"])
+    try:
+        for label, config in evals["generate"].items():
+            gguf, ranks = ggufs[label]
             asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
-        finally:
-            if label == "reference":
-                gguf.unlink(missing_ok=True)
+    finally:
+        ggufs["reference"][0].unlink(missing_ok=True)
     slim = asked["slim"]
     titles = round(slim.figures["title"].mean * len(slim.users))
     say(f"slim {len(slim.users)}/{len(slim.users)} users; in chat {titles}/{len(slim.users)} answers are catalogue titles")
