@@ -754,3 +754,49 @@ def test_holdout_users_are_the_evaluated_ones_and_never_healed_on(tiny_data: Pat
         train_examples(replace(config, holdout_users=len(dataset.users)), dataset)
     with pytest.raises(UsageError, match="--holdout-users must be 0 or more"):
         ft.check_config(replace(config, holdout_users=-1))
+
+
+def test_cli_heals_a_prune_run_with_its_own_recipe(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """`finetune RUN` on a `prune` run heals as the run did (prune.json: data, format, teacher, held-out
+    users...), options given win; before, it healed with finetune's own defaults (the completion prompt,
+    LoRA, no teacher) a model whose Modelfile asks it in chat."""
+    from dataclasses import asdict
+
+    from click.testing import CliRunner
+
+    from ollama_slim import paths
+    from ollama_slim.cli import main
+    from ollama_slim.pipeline.config import PruneConfig, recorded_config
+    from ollama_slim.pipeline.layout import RunLayout
+    from ollama_slim.pipeline.stages import recorded_healing
+
+    layout = RunLayout(tmp_path / "run")
+    _compact(tiny_llama, layout.compact_dir, [0, 2, 5])
+    pruned = PruneConfig(model=str(tiny_llama), keep=3, data=str(tiny_data), task_format="completion", steps=2, batch_size=2, lora_rank=2,
+                         rank_negatives=2, listwise_weight=1.0, align_weight=0.5, eval_users=3, run_dir=layout.root)
+    paths.write_json(layout.prune_record, {"command": "ollama-slim prune ...", "config": asdict(pruned)})
+    assert recorded_config(paths.read_json(layout.prune_record)["config"], run_dir=layout.root) == pruned
+    chat = replace(pruned, task_format="chat", steps=None, lr=None, rank_negatives=None, answers=None, full=None, teacher=None)
+    paths.write_json(tmp_path / "chat" / "prune.json", {"config": asdict(chat)})
+    healing = recorded_healing(tmp_path / "chat")  # the chat recipe: every weight, 8 answers, no teacher, into the run's healed/
+    assert (healing.task_format, healing.full, healing.answers, healing.distill_from, healing.out_dir) == ("chat", True, 8, None, tmp_path / "chat" / "healed")
+
+    done = CliRunner().invoke(main, ["finetune", str(layout.root), "--json"])
+    assert done.exit_code == 0, done.output
+    assert "healing as the run did" in done.stderr and f"distill from {tiny_llama}" in done.stderr
+    healed = json.loads((layout.healed_dir / "slim.json").read_text())["finetune"]
+    assert (healed["steps"], healed["mode"]) == (2, "lora-r2")
+    assert {k: healed["config"][k] for k in ("data", "distill_from", "rank_negatives", "distill_listwise_weight", "align_weight", "align_at", "holdout_users", "lora_rank")} == \
+        {"data": str(tiny_data), "distill_from": str(tiny_llama), "rank_negatives": 2, "distill_listwise_weight": 1.0, "align_weight": 0.5,
+         "align_at": "gap-end", "holdout_users": 3, "lora_rank": 2}
+    assert json.loads((layout.root / "finetune.json").read_text())["steps"] == 2
+    again = CliRunner().invoke(main, ["finetune", str(layout.root), "--steps", "3", "--lr", "0.01", "--force", "--json"])
+    assert again.exit_code == 0, again.output
+    record = json.loads((layout.healed_dir / "slim.json").read_text())["finetune"]["config"]
+    assert (record["steps"], record["lr"], record["distill_from"]) == (3, 0.01, str(tiny_llama))  # the options given win, the rest stays the run's
+
+    no_data = CliRunner().invoke(main, ["finetune", str(tiny_llama), "--steps", "2", "--out", str(tmp_path / "o")])
+    assert no_data.exit_code == 2 and "Error: --data is needed" in no_data.output and len(no_data.output.strip().splitlines()) == 1
+    layout.prune_record.write_text("{not json")
+    broken = CliRunner().invoke(main, ["finetune", str(layout.root), "--steps", "2"])
+    assert broken.exit_code == 2 and f"Error: cannot read the run's settings from {layout.prune_record}" in broken.output, broken.output

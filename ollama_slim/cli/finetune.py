@@ -24,7 +24,7 @@ _DEFAULTS = defaults(FinetuneConfig)
 
 @click.command("finetune")
 @click.argument("model", metavar="RUN_OR_MODEL")
-@click.option("--data", required=True, metavar="DIR_OR_NAME", help="Data set directory or name (its train split is used).")
+@click.option("--data", metavar="DIR_OR_NAME", help="Data set directory or name (its train split is used) [default for a prune run: the run's].")
 @click.option("--steps", type=int, help="Optimizer steps.")
 @click.option("--epochs", type=float, help="Passes over the train examples (instead of --steps).")
 @click.option("--lora-rank", type=int, default=_DEFAULTS["lora_rank"], show_default=True, help="LoRA rank (adapters are merged before saving).")
@@ -83,7 +83,7 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--force", is_flag=True, help="Replace an existing output directory; discard checkpoints made with other settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbose_option
-def command(model: str, data: str, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
+def command(model: str, data: str | None, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
             align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
             early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
@@ -100,6 +100,10 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     and --align-weight distil its ranking and hidden states too; --early-stop-patience
     heals to convergence on validation users rather than to a step count. For
     several GPUs: `accelerate launch --multi_gpu --mixed_precision bf16 -m ollama_slim.cli finetune ...`.
+
+    A run made by `prune` is healed again with its own recipe (prune.json: data, task
+    format, steps, learning rate, answers, teacher, held-out users...); the options given
+    override it, and the ones taken from the run are said on stderr.
     """
     from ollama_slim.slimming.finetune import check_config, finetune
 
@@ -112,6 +116,7 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
         val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,
     )
+    config = _run_recipe(config)
     check_config(config)  # a bad option: one line, before the progress bar
     columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with live(*columns, transient=as_json) as progress:
@@ -136,3 +141,37 @@ def command(model: str, data: str, steps: int | None, epochs: float | None, lora
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+
+
+def _run_recipe(given: FinetuneConfig) -> FinetuneConfig:
+    """``given`` as is, unless its model is a ``prune`` run: then the run's own healing, with the
+    options given on the command line in place of its settings (said on stderr)."""
+    from dataclasses import fields, replace
+
+    from click.core import ParameterSource
+
+    from ollama_slim.errors import UsageError
+    from ollama_slim.pipeline.layout import RunLayout
+    from ollama_slim.pipeline.stages import recorded_healing
+
+    run = RunLayout(Path(given.model))
+    if not run.prune_record.is_file():
+        if given.data is None:
+            raise UsageError("--data is needed", hint="give a data set name or directory, e.g. --data movielens-100k")
+        return given
+    ctx = click.get_current_context()
+    named = {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    overrides = {f.name: getattr(given, f.name) for f in fields(given) if f.name in named and f.name != "model"}
+    if "epochs" in overrides:  # a length in epochs replaces the run's step count
+        overrides["steps"] = None
+    recipe = recorded_healing(run.root)
+    taken = [(f.name.replace("_", " "), getattr(recipe, f.name)) for f in fields(recipe)
+             if f.name in _SAID and f.name not in overrides and getattr(recipe, f.name) != _DEFAULTS.get(f.name)]
+    said = ", ".join(f"{name} {','.join(value) if isinstance(value, tuple) else value}" for name, value in taken)
+    click.echo(f"healing as the run did ({run.prune_record}): {said or 'the defaults'} (options override)", err=True)
+    return replace(recipe, **{"force": given.force, **overrides})
+
+
+# the run's settings worth saying when they differ from finetune's own defaults
+_SAID = ("data", "task_format", "steps", "full", "lr", "answers", "rank_negatives", "rank_regimes", "distill_from", "distill_listwise_weight",
+         "align_weight", "cf_answers", "popularity_debias", "holdout_users", "history", "title_words")

@@ -7,8 +7,9 @@ the report all read this module, and it reads none of them.
 from __future__ import annotations
 
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ollama_slim.models.tags import default_slim_name, parse_name
 from ollama_slim.pipeline.layout import RUNS_DIR
@@ -123,6 +124,16 @@ class PruneConfig:
         if self.cross_domain:
             targets |= {"cross_original": ("original", self.cross_domain), "cross_slim": ("slim", self.cross_domain)}
         return targets
+
+
+def recorded_config(record: dict[str, Any], *, run_dir: Path) -> PruneConfig:
+    """The :class:`PruneConfig` a run's ``prune.json`` recorded (its ``config``), placed at ``run_dir``
+    (a run directory may have moved). Fields the record lacks take their defaults, except the task
+    format: a run recorded before formats existed was healed in the completion prompt."""
+    known = {f.name for f in fields(PruneConfig)}
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in record.items() if key in known}
+    values.setdefault("task_format", "completion")
+    return PruneConfig(**{**values, "run_dir": Path(run_dir), "from_stage": None, "force": False})
 
 
 def command_line(config: PruneConfig) -> str:

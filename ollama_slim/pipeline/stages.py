@@ -20,7 +20,8 @@ from ollama_slim.bench.speed import BenchConfig, bench
 from ollama_slim.gguf.run_export import RunExportConfig, export_reference, export_run
 from ollama_slim.models.sources import ResolveConfig, resolve_model
 from ollama_slim.ollama.register import RegisterConfig, record_not_registered, register_model
-from ollama_slim.pipeline.config import PruneConfig
+from ollama_slim.errors import UsageError
+from ollama_slim.pipeline.config import PruneConfig, recorded_config
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.run_report import write_run_report
 from ollama_slim.pipeline.runner import config_key
@@ -93,6 +94,17 @@ def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
         return config
     return replace(config, distill_from=c.model, distill_hf=c.hf, distill_weight=0.0, distill_listwise_weight=c.listwise_weight,
                    distill_temperature=c.distill_temperature, align_weight=c.align_weight, align_at="gap-end")
+
+
+def recorded_healing(run: Path) -> FinetuneConfig:
+    """The slim model's healing as ``prune`` set it up in ``run`` (from its ``prune.json``): what
+    ``finetune RUN`` starts from, so a run healed again keeps its format and recipe."""
+    layout = RunLayout(Path(run))
+    try:
+        config = recorded_config(paths.read_json(layout.prune_record)["config"], run_dir=layout.root)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"cannot read the run's settings from {layout.prune_record}: {err}", hint="pass every healing option, or rerun prune") from None
+    return _finetune_config(config, layout)
 
 
 def _finetune_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
