@@ -97,15 +97,12 @@ def command(model: str, data: str, split: str, users: int, negatives: int, regim
 def _prompt_settings(model: str, run_dir: Path | None, **given: object) -> tuple:
     """``history``, ``title_words`` and ``task_format``: as given, else the ``prune`` run's of ``model`` (or of
     ``--run-dir``), else the defaults. A run's settings that are used are said on stderr."""
-    from ollama_slim import paths
+    from ollama_slim.pipeline.config import read_record
     from ollama_slim.pipeline.layout import RunLayout, run_of
 
     run = run_of(model) or (run_of(run_dir) if run_dir is not None else None)
     record = RunLayout(run).prune_record if run is not None else None
-    try:
-        recorded = paths.read_json(record).get("config", {}) if record is not None else {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise UsageError(f"cannot read the run's settings from {record}: {err}", hint="give --task-format, --history and --title-words") from None
+    recorded = read_record(run, hint="give --task-format, --history and --title-words") if run is not None else {}
     taken = {key: recorded[key] for key, value in given.items() if value is None and key in recorded}
     if taken:
         said = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in taken.items())

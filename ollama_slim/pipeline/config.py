@@ -126,6 +126,23 @@ class PruneConfig:
         return targets
 
 
+def read_record(run: Path, *, hint: str) -> dict[str, Any]:
+    """The ``config`` a run's ``prune.json`` recorded (empty if it has none); an unreadable record is a
+    one-line :class:`UsageError` (with ``hint``)."""
+    from ollama_slim import paths
+    from ollama_slim.errors import UsageError
+    from ollama_slim.pipeline.layout import RunLayout
+
+    record = RunLayout(Path(run)).prune_record
+    try:
+        config = paths.read_json(record).get("config", {})
+        if not isinstance(config, dict):
+            raise TypeError("its config is not a mapping")
+        return config
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        raise UsageError(f"cannot read the run's settings from {record}: {err}", hint=hint) from None
+
+
 def recorded_config(record: dict[str, Any], *, run_dir: Path) -> PruneConfig:
     """The :class:`PruneConfig` a run's ``prune.json`` recorded (its ``config``), placed at ``run_dir``
     (a run directory may have moved). Fields the record lacks take their defaults, except the task
