@@ -337,6 +337,7 @@ def test_cli_trains_with_the_ranking_loss(tiny_llama: Path, tiny_data: Path, tmp
     assert record["rank_negatives"] == 2 and record["rank_weight"] == 0.7
     help_text = CliRunner().invoke(main, ["finetune", "--help"]).output
     assert "--rank-negatives" in help_text and "--rank-weight" in help_text
+    assert "its recorded recipe takes their place" in " ".join(help_text.split())  # a prune run's defaults are its own
 
 
 # --- issue 11: listwise KD, hidden-state alignment, teacher cache, both negative regimes, early stopping ---

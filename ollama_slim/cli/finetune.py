@@ -22,7 +22,7 @@ from ollama_slim.slimming.finetune.validation import VAL_MEASURES
 _DEFAULTS = defaults(FinetuneConfig)
 
 
-@click.command("finetune")
+@click.command("finetune", epilog="The defaults shown are finetune's own: for a run made by `prune`, its recorded recipe takes their place.")
 @click.argument("model", metavar="RUN_OR_MODEL")
 @click.option("--data", metavar="DIR_OR_NAME", help="Data set directory or name (its train split is used) [default for a prune run: the run's].")
 @click.option("--steps", type=int, help="Optimizer steps.")
