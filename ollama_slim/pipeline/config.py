@@ -130,7 +130,6 @@ def read_record(run: Path, *, hint: str) -> dict[str, Any]:
     """The ``config`` a run's ``prune.json`` recorded (empty if it has none); an unreadable record is a
     one-line :class:`UsageError` (with ``hint``)."""
     from ollama_slim import paths
-    from ollama_slim.errors import UsageError
     from ollama_slim.pipeline.layout import RunLayout
 
     record = RunLayout(Path(run)).prune_record
@@ -140,7 +139,26 @@ def read_record(run: Path, *, hint: str) -> dict[str, Any]:
             raise TypeError("its config is not a mapping")
         return config
     except (OSError, ValueError, AttributeError, TypeError) as err:
-        raise UsageError(f"cannot read the run's settings from {record}: {err}", hint=hint) from None
+        raise _unreadable(record, err, hint) from None
+
+
+def read_run_config(run: Path, *, hint: str) -> PruneConfig:
+    """The :class:`PruneConfig` of ``run`` as its ``prune.json`` recorded it (:func:`read_record` then
+    :func:`recorded_config`); a record without the options every run has (model, keep) is the same one line."""
+    from ollama_slim.pipeline.layout import RunLayout
+
+    layout = RunLayout(Path(run))
+    try:
+        return recorded_config(read_record(layout.root, hint=hint), run_dir=layout.root)
+    except TypeError as err:
+        raise _unreadable(layout.prune_record, err, hint) from None
+
+
+def _unreadable(record: Path, err: Exception, hint: str):
+    """The one-line error for a ``prune.json`` that cannot give a run's settings."""
+    from ollama_slim.errors import UsageError
+
+    return UsageError(f"cannot read the run's settings from {record}: {err}", hint=hint)
 
 
 def recorded_config(record: dict[str, Any], *, run_dir: Path) -> PruneConfig:

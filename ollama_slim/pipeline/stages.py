@@ -20,8 +20,7 @@ from ollama_slim.bench.speed import BenchConfig, bench
 from ollama_slim.gguf.run_export import RunExportConfig, export_reference, export_run
 from ollama_slim.models.sources import ResolveConfig, resolve_model
 from ollama_slim.ollama.register import RegisterConfig, record_not_registered, register_model
-from ollama_slim.errors import UsageError
-from ollama_slim.pipeline.config import PruneConfig, read_record, recorded_config
+from ollama_slim.pipeline.config import PruneConfig, read_run_config
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.run_report import write_run_report
 from ollama_slim.pipeline.runner import config_key
@@ -100,12 +99,7 @@ def recorded_healing(run: Path) -> FinetuneConfig:
     """The slim model's healing as ``prune`` set it up in ``run`` (from its ``prune.json``): what
     ``finetune RUN`` starts from, so a run healed again keeps its format and recipe."""
     layout = RunLayout(Path(run))
-    record = read_record(layout.root, hint="pass every healing option, or rerun prune")
-    try:
-        config = recorded_config(record, run_dir=layout.root)
-    except TypeError as err:  # a record without the options every run has (model, keep)
-        raise UsageError(f"cannot read the run's settings from {layout.prune_record}: {err}", hint="pass every healing option, or rerun prune") from None
-    return _finetune_config(config, layout)
+    return _finetune_config(read_run_config(layout.root, hint="pass every healing option, or rerun prune"), layout)
 
 
 def _finetune_outputs(c: PruneConfig, layout: RunLayout) -> list[Path]:
