@@ -704,6 +704,25 @@ def test_item_neighbours_count_followers_in_train_parts_only() -> None:
     assert lift.scores([1])[2] == 1.0 and lift.scores([1])[3] == 1.0
 
 
+def test_item_neighbours_vocab_answers_among_the_most_taken_items_only(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from ollama_slim.recsys.data import make_dataset
+    from ollama_slim.recsys.neighbours import ItemNeighbours
+
+    titles = {i: f"item {i}" for i in range(1, 12)}
+    # train parts [1, 2, 3, 4, 5], [1, 2, 6, 3, 7], [1, 3, 8, 2, 6]: 1, 2 and 3 taken 3 times, 6 twice, the rest once
+    dataset = make_dataset("seq", {0: [1, 2, 3, 4, 5, 10, 11], 1: [1, 2, 6, 3, 7, 10, 11], 2: [1, 3, 8, 2, 6, 10, 11]}, titles)
+    every = ItemNeighbours(dataset, window=2, alpha=0.0)
+    assert every.top([3], count=3) == (2, 4, 5)  # ties: the smaller id
+    top4 = ItemNeighbours(dataset, window=2, alpha=0.0, vocab=4)  # answers among 1, 2, 3, 6
+    assert dict(top4.scores([3])) == {2: 1} and top4.top([3], count=3) == (2,)  # 4, 5, 7 and 8 followed 3 but are rare
+    assert dict(top4.scores([2])) == {3: 2, 6: 2}  # the counts of the items it keeps are every's
+    assert ItemNeighbours(dataset, window=2, alpha=0.0, vocab=0).scores([3]) == every.scores([3])
+    with pytest.raises(ValueError, match="vocab must be 0 or more"):
+        ItemNeighbours(dataset, vocab=-1)
+    with pytest.raises(UsageError, match="--cf-vocab must be 0 or more"):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", cf_answers=1, cf_vocab=-1))
+
+
 def test_cf_answers_follow_the_history_never_an_item_taken_and_carry_their_share(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:
     from ollama_slim.recsys.data import examples, make_dataset
     from ollama_slim.recsys.neighbours import ItemNeighbours

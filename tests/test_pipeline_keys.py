@@ -29,7 +29,7 @@ FEEDS: dict[str, set[str]] = {
     "strategy": {"select"},
     "bridge": {"build"},
     "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING, "rank_regimes": HEALING,
-    "answers": HEALING, "popularity_debias": HEALING, "full": HEALING, "cf_answers": HEALING, "cf_share": HEALING,
+    "answers": HEALING, "popularity_debias": HEALING, "full": HEALING, "cf_answers": HEALING, "cf_share": HEALING, "cf_vocab": HEALING,
     "teacher": {"finetune"}, "listwise_weight": {"finetune"}, "distill_temperature": {"finetune"}, "align_weight": {"finetune"},  # the reference has no teacher
     "outtype": {"export", "bench", "eval"},  # bench times the original exported at that outtype; eval asks it in chat
     "register": {"register"},

@@ -76,6 +76,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help="Healing also trains each prompt on the K top items of an item-to-item recommender for its history (a personal answer; 0: off).")
 @click.option("--cf-share", type=float, default=_DEFAULTS.cf_share, show_default=True, metavar="S",
               help="The share of the title loss that the --cf-answers carry.")
+@click.option("--cf-vocab", type=int, default=_DEFAULTS.cf_vocab, show_default=True, metavar="N",
+              help="The --cf-answers come from the N items most taken in the train parts (0: any item).")
 @click.option("--full/--no-full", default=None, show_default=_recipe("full"),
               help="Heal every weight (what teaches a slim model the catalogue's titles in chat) or LoRA adapters.")
 @click.option("--teacher", type=click.Choice(TEACHERS), show_default=_recipe("teacher"),

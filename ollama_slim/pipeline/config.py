@@ -52,6 +52,7 @@ class PruneConfig:
     popularity_debias: float = 0.0  # answers weighted by train count ** -popularity_debias (FinetuneConfig)
     cf_answers: int = 0  # answers of an item-to-item recommender for each prompt's history (FinetuneConfig.cf_answers)
     cf_share: float = 0.5  # the share of the title loss those answers carry
+    cf_vocab: int = 0  # those answers from the cf_vocab most taken train items (0: every item)
     full: bool | None = None  # heal every weight instead of LoRA adapters
     # With a teacher, healing distils from the untouched original: its distribution over the target and
     # negatives at ``distill_temperature`` (listwise KD) and its hidden state at the end of each kept layer's gap.

@@ -74,7 +74,7 @@ def check_config(config: PruneConfig) -> None:
         check_finetune(FinetuneConfig(model=config.model, data=config.data, steps=config.steps, lora_rank=config.lora_rank, lr=config.lr, batch_size=config.batch_size,
                                       checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight,
                                       rank_regimes=config.rank_regimes, answers=config.answers, popularity_debias=config.popularity_debias,
-                                      cf_answers=config.cf_answers, cf_share=config.cf_share,
+                                      cf_answers=config.cf_answers, cf_share=config.cf_share, cf_vocab=config.cf_vocab,
                                       full=config.full, **distill))
     parse_name(config.slim_name)  # a name Ollama would refuse fails now, not after an hour
 

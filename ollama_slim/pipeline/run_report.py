@@ -38,7 +38,8 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
         terms["answers"] = terms.get("answers", "answers") + f" weighted by train count^-{c.popularity_debias}"
     if c.cf_answers > 0:
         terms["answers"] = terms.get("answers", "the target") + (f"; and on the top {c.cf_answers} of an item-to-item recommender for its history "
-                                                                 f"({c.cf_share:g} of the title loss)")
+                                                                 f"({c.cf_share:g} of the title loss"
+                                                                 + (f"; answers among the {c.cf_vocab} most taken items)" if c.cf_vocab else ")"))
     if c.rank_negatives:
         terms["ranking"] = f"1+{c.rank_negatives} candidates ({' and '.join(c.rank_regimes)} negatives, weight {c.rank_weight})"
     if c.distills():

@@ -81,7 +81,7 @@ def _healing(c: PruneConfig, *, model: str, hf: str | None, out: Path, run_dir: 
     return FinetuneConfig(model=model, hf=hf, data=c.data, out_dir=out, steps=c.steps, lora_rank=c.lora_rank, lr=c.lr, batch_size=c.batch_size,
                           rank_negatives=c.rank_negatives, rank_weight=c.rank_weight, rank_regimes=c.rank_regimes, checkpoint_every=c.checkpoint_every,
                           seed=c.seed, history=c.history, title_words=c.title_words, force=True, run_dir=run_dir, task_format=c.task_format,
-                          answers=c.answers, popularity_debias=c.popularity_debias, cf_answers=c.cf_answers, cf_share=c.cf_share, full=c.full,
+                          answers=c.answers, popularity_debias=c.popularity_debias, cf_answers=c.cf_answers, cf_share=c.cf_share, cf_vocab=c.cf_vocab, full=c.full,
                           holdout_users=c.eval_users)
 
 

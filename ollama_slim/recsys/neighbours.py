@@ -4,6 +4,9 @@ A classical recommender beside the language model: item ``b`` scores, for a hist
 number of times ``b`` followed one of the history's items within ``window`` positions in
 some user's train part, divided by ``b``'s train count to the power ``alpha`` (0: raw
 co-occurrence, which favours popular items; 1: a lift-like score that favours rare ones).
+With ``vocab`` > 0 it answers only among the ``vocab`` items most taken in the train parts:
+still a personal answer per history, from a set of answers small enough for a small model
+to learn which history leads to which.
 Its top items are personal (they follow from the user's own items), which makes them the
 teacher for sequence-level distillation of a recommender's answers (``finetune
 --cf-answers``): a deterministic answer per history, where the data's next items are not.
@@ -24,12 +27,15 @@ class ItemNeighbours:
     dataset: Any
     window: int = 5
     alpha: float = 0.5
+    vocab: int = 0  # answer only among the vocab most taken train items (0: every item)
     followers: dict[int, Counter] = field(default_factory=dict, init=False, repr=False)
     counts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be 1 or more, got {self.window}")
+        if self.vocab < 0:
+            raise ValueError(f"vocab must be 0 or more, got {self.vocab}")
         from ollama_slim.recsys.data import train_popularity
 
         self.counts = train_popularity(self.dataset)
@@ -38,6 +44,9 @@ class ItemNeighbours:
             train = seq[:-2]
             for a, item in enumerate(train):
                 followers[item].update(train[a + 1 : a + 1 + self.window])
+        if self.vocab > 0:
+            answers = set(sorted(self.counts, key=lambda i: (-self.counts[i], i))[: self.vocab])
+            followers = {item: Counter({b: n for b, n in after.items() if b in answers}) for item, after in followers.items()}
         self.followers = dict(followers)
 
     def scores(self, history: Iterable[int]) -> Counter:

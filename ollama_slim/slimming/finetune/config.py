@@ -41,7 +41,8 @@ class FinetuneConfig:
     more, popular ones less. ``cf_answers`` > 0 adds that many answers of an item-to-item
     recommender (:class:`~ollama_slim.recsys.neighbours.ItemNeighbours`) for the prompt's
     history — sequence-level distillation of a personal answer — carrying ``cf_share`` of
-    each prompt's title loss.
+    each prompt's title loss; ``cf_vocab`` > 0 has that recommender answer only among the
+    ``cf_vocab`` most taken train items.
     """
 
     model: str
@@ -79,6 +80,7 @@ class FinetuneConfig:
     popularity_debias: float = 0.0  # each answer's title loss weighted by its train count ** -popularity_debias
     cf_answers: int = 0  # answers of an item-to-item recommender for the prompt's history, added after the data's
     cf_share: float = 0.5  # the share of each prompt's title loss the cf_answers carry
+    cf_vocab: int = 0  # the cf_answers come from the cf_vocab most taken train items (0: every item)
     seed: int = 0
     history: int = 5
     title_words: int = 10
@@ -124,12 +126,12 @@ _DEPENDENT = {
     "distill_listwise_weight": ("distill_temperature",),
     "align_weight": ("align_kind", "align_at"),
     "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
-    "cf_answers": ("cf_share",),
+    "cf_answers": ("cf_share", "cf_vocab"),
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias", "cf_answers", "cf_share", "holdout_users")
+          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "holdout_users")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -187,6 +189,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--cf-answers must be 0 or more, got {config.cf_answers}", hint="0 trains on the data's answers alone")
     if not 0.0 < config.cf_share < 1.0:
         raise UsageError(f"--cf-share must be between 0 and 1 (both excluded), got {config.cf_share}", hint="e.g. --cf-share 0.5")
+    if config.cf_vocab < 0:
+        raise UsageError(f"--cf-vocab must be 0 or more, got {config.cf_vocab}", hint="0 lets the recommender answer with any item; e.g. 100")
     if config.holdout_users < 0:
         raise UsageError(f"--holdout-users must be 0 or more, got {config.holdout_users}", hint="0 heals on every user; N leaves out the users `eval --users N` ranks")
     if not config.popularity_debias >= 0.0:
