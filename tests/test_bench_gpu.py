@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-
-
-def _tool(name: str):
-    sys.path.insert(0, str(TOOLS))
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tool_modules import TOOLS, load_tool
 
 
 def test_every_gpu_command_parses(tmp_path: Path) -> None:
@@ -25,7 +15,7 @@ def test_every_gpu_command_parses(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True).stdout
     commands = [shlex.split(line) for line in out.splitlines() if line.strip()]
     assert len(commands) == 8 and not (tmp_path / "gpu" / "quality-work").exists()  # printed, not run
-    parsers = {"bench_quality.py": _tool("bench_quality").parse_args, "bench_keep_curve.py": _tool("bench_keep_curve").parse_args}
+    parsers = {"bench_quality.py": load_tool("bench_quality").parse_args, "bench_keep_curve.py": load_tool("bench_keep_curve").parse_args}
     models = set()
     chat = [c for c in commands if c[0] == "ollama-slim"]
     assert len(chat) == 2

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_keep_curve.py"
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope="module")
 def curve_tool():
-    sys.path.insert(0, str(TOOL.parent))
-    spec = importlib.util.spec_from_file_location("bench_keep_curve", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_keep_curve")
 
 
 def test_bad_keeps_and_no_outtype_are_refused(curve_tool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,12 @@ from ollama_slim.recsys.data import load_dataset
 from ollama_slim.recsys.evaluate import prepare_cases, score_cases
 from ollama_slim.models.modeling import load
 from ollama_slim.recsys.scorers import TransformersScorer
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_quality.py"
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_quality")
 
 
 def test_joint_regimes_equal_separate_scoring(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "personal_answers.py"
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    sys.path.insert(0, str(TOOL.parent))
-    spec = importlib.util.spec_from_file_location("personal_answers", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("personal_answers")
 
 
 @pytest.fixture(scope="module")

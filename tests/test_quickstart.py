@@ -8,7 +8,6 @@ descriptors 1 and 2 is captured too (click's CliRunner only sees Python's stream
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ollama_slim.pipeline.prune import STAGES
+from tool_modules import load_tool
 from toy_data import write_toy_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +85,7 @@ def test_share_silences_llama_cpp_unless_verbose(quickstart: tuple[Path, Path, s
 
 @pytest.fixture(scope="module")
 def figures_tool():
-    spec = importlib.util.spec_from_file_location("quickstart_figures", REPO / "tools" / "quickstart_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("quickstart_figures")
 
 
 def test_readme_quickstart_figures_are_the_measured_ones(figures_tool) -> None:
