@@ -171,6 +171,26 @@ def test_config_file_supplies_options(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--keep must be at least 1" in result.output
 
 
+def test_config_file_with_an_unknown_option_is_one_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text("model: smollm2:135m\nkeep: 10\ncf_vocb: 100\n")  # misspelt: silently ignored, it would heal another way
+    result = CliRunner().invoke(main, ["prune", "--config", str(cfg)])
+    assert result.exit_code == 2 and "no prune option named cf_vocb" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_config_files_name_prune_options(example: Path) -> None:
+    import yaml
+
+    from ollama_slim.cli.prune import command
+
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
+    ctx = command.make_context("prune", ["--config", str(example), "--help"], resilient_parsing=True)
+    assert ctx.default_map == {k.replace("-", "_"): v for k, v in data.items()}
+    assert f"--config {example.relative_to(example.parents[1]).as_posix()}" in example.read_text(encoding="utf-8").splitlines()[0]
+
+
 def test_default_names_and_command_line(tmp_path: Path) -> None:
     assert PruneConfig(model="qwen", keep=4).slim_name == "qwen-slim"
     assert PruneConfig(model="smollm2:135m", keep=4).slim_name == "smollm2-slim"

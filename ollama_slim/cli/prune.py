@@ -44,7 +44,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(f"cannot read {value}: {err}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{value} is not a mapping of option names to values", hint="see examples/qwen2.5-amazon.yaml")
-    ctx.default_map = {k.replace("-", "_"): v for k, v in data.items()}
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    known = {p.name for p in ctx.command.params if p.expose_value}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"{value}: no prune option named {', '.join(unknown)}", hint="use the names `ollama-slim prune --help` lists (model, keep, steps, cf_vocab, ...)")
+    ctx.default_map = options
     return value
 
 
