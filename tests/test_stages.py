@@ -72,3 +72,26 @@ def test_a_failing_stage_is_not_recorded(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         runner.run("a", options={}, outputs=[tmp_path / "a.txt"], fn=boom)
     assert not (tmp_path / "state.json").exists()
+
+
+class _Asked:
+    users = ["u1", "u2"]
+    figures = {"title": type("Figure", (), {"mean": 1.0})()}
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_eval_removes_only_the_reference_gguf_it_exported(with_reference: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_slim.pipeline import stages
+    from ollama_slim.pipeline.layout import RunLayout
+
+    layout = RunLayout(tmp_path)
+    kept = layout.reference_gguf("q8_0")
+    exported: list[Path] = []
+    monkeypatch.setattr(stages, "evaluate_generation", lambda gguf, config, ranks, progress: _Asked())
+    monkeypatch.setattr(stages, "export_reference", lambda root, outtype: exported.append(kept) or kept.write_bytes(b"GGUF"))
+    if not with_reference:
+        kept.write_bytes(b"a file of the user's")
+    generate = {"slim": None, "original": None} | ({"reference": None} if with_reference else {})
+    stages._run_eval({"rank": {}, "generate": generate, "outtype": "q8_0"}, layout, say=lambda line: None)
+    assert exported == ([kept] if with_reference else [])
+    assert kept.exists() is not with_reference

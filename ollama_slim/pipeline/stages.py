@@ -193,7 +193,8 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
             gguf, ranks = ggufs[label]
             asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
     finally:
-        ggufs["reference"][0].unlink(missing_ok=True)
+        if "reference" in evals["generate"]:  # only the file this stage exported
+            ggufs["reference"][0].unlink(missing_ok=True)
     slim = asked["slim"]
     titles = round(slim.figures["title"].mean * len(slim.users))
     say(f"slim {len(slim.users)}/{len(slim.users)} users; in chat {titles}/{len(slim.users)} answers are catalogue titles")
