@@ -25,7 +25,8 @@ def test_every_gpu_command_parses(tmp_path: Path) -> None:
         assert command[1] == "prune"
         params = prune.make_context("prune", command[2:]).params
         assert params["task_format"] == "chat" and params["full"] and params["steps"] >= 2000 and params["run_dir"].parent == tmp_path / "gpu"
-    assert sorted((p["cf_answers"], p["cf_vocab"]) for p in (prune.make_context("prune", c[2:]).params for c in chat)) == [(0, 0), (1, 100)]
+    recipes = sorted((p["answers"], p["cf_answers"], p["cf_vocab"]) for p in (prune.make_context("prune", c[2:]).params for c in chat))
+    assert recipes == [(1, 1, 150), (8, 0, 0)]  # the catalogue recipe, and examples/smollm2-personal.yaml's
     for command in commands[: len(commands) - len(chat)]:
         assert command[0] == "python"
         args = parsers[Path(command[1]).name](command[2:])

@@ -13,10 +13,10 @@
 #   curve    the keep-versus-quality curve of SmolLM2-135M (8, 10, 12, 15, 20 of 30), q8_0 GGUF
 #   qwen     Qwen2.5-0.5B: its table at keep 8 of 24 (ranked selection) and its curve (6..16 of 24)
 #   chat     SmolLM2-135M keep 10 pruned in the chat format with 10x the CPU's healing (2,000 full steps,
-#            --answers 8), without and with the recommender's personal answers (--cf-answers 1 --cf-vocab 100
-#            --cf-share 0.9): whether a longer healing makes the greedy chat answers personal
-#            (generation_slim.json: distinct answers; 0.10 at 200 steps on the CPU, 0.33 after 1,200 more
-#            steps on the personal answers)
+#            --answers 8), and healed on the recommender's personal answers as examples/smollm2-personal.yaml
+#            (--answers 1 --cf-answers 1 --cf-vocab 150 --cf-share 0.9), each with the full model healed
+#            the same way (--reference, on with a GPU) asked in chat beside it (generation_*.json: distinct
+#            answers; on the CPU 0.10 at 200 steps, 0.43 at 1,800 steps on the personal answers)
 #
 # Needs the models where `ollama-slim` resolves them (an Ollama store, the HF cache or the network)
 # and a CUDA build of torch. Prints each part's Markdown table; JSON beside it. DRY_RUN=1 prints the
@@ -56,5 +56,5 @@ if want chat; then
   CHAT=(prune smollm2:135m --keep 10 --no-register --task-format chat --full --answers 8 --lr 1e-4 --steps 2000 --batch-size 16
         --rank-negatives 0 --teacher none --eval-users 200)
   run ollama-slim "${CHAT[@]}" --run-dir "$OUT/chat"
-  run ollama-slim "${CHAT[@]}" --cf-answers 1 --cf-vocab 100 --cf-share 0.9 --run-dir "$OUT/chat-cf"
+  run ollama-slim "${CHAT[@]}" --answers 1 --cf-answers 1 --cf-vocab 150 --cf-share 0.9 --run-dir "$OUT/chat-cf"
 fi
