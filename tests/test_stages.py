@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -74,11 +75,6 @@ def test_a_failing_stage_is_not_recorded(tmp_path: Path) -> None:
     assert not (tmp_path / "state.json").exists()
 
 
-class _Asked:
-    users = ["u1", "u2"]
-    figures = {"title": type("Figure", (), {"mean": 1.0})()}
-
-
 @pytest.mark.parametrize("with_reference", [False, True])
 def test_eval_removes_only_the_reference_gguf_it_exported(with_reference: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ollama_slim.pipeline import stages
@@ -87,8 +83,14 @@ def test_eval_removes_only_the_reference_gguf_it_exported(with_reference: bool, 
     layout = RunLayout(tmp_path)
     kept = layout.reference_gguf("q8_0")
     exported: list[Path] = []
-    monkeypatch.setattr(stages, "evaluate_generation", lambda gguf, config, ranks, progress: _Asked())
-    monkeypatch.setattr(stages, "export_reference", lambda root, outtype: exported.append(kept) or kept.write_bytes(b"GGUF"))
+    asked = SimpleNamespace(users=["u1", "u2"], figures={"title": SimpleNamespace(mean=1.0)})  # what the stage reads of a chat measure
+
+    def export_reference(root: Path, outtype: str) -> None:
+        exported.append(kept)
+        kept.write_bytes(b"GGUF")
+
+    monkeypatch.setattr(stages, "evaluate_generation", lambda gguf, config, ranks, progress: asked)
+    monkeypatch.setattr(stages, "export_reference", export_reference)
     if not with_reference:
         kept.write_bytes(b"a file of the user's")
     generate = {"slim": None, "original": None} | ({"reference": None} if with_reference else {})

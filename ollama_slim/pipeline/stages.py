@@ -185,7 +185,8 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
     ggufs = {"slim": (layout.gguf, layout.eval_record("shipped")), "original": (layout.original_gguf(evals["outtype"]), layout.eval_record("original")),
              "reference": (layout.reference_gguf(evals["outtype"]), layout.eval_record("reference"))}
     asked = {}
-    if "reference" in evals["generate"]:  # exported for this measure only: a full-size file the run does not ship
+    with_reference = "reference" in evals["generate"]  # exported for this measure only: a full-size file the run does not ship
+    if with_reference:
         say(f"eval: exporting the reference to {ggufs['reference'][0].name}")
         export_reference(layout.root, evals["outtype"])
     try:
@@ -193,7 +194,7 @@ def _run_eval(evals: dict[str, Any], layout: RunLayout, say: Say) -> None:
             gguf, ranks = ggufs[label]
             asked[label] = evaluate_generation(gguf, config, ranks=ranks, progress=lambda done, total, label=label: say(f"eval: {label} asked in chat {done}/{total} users"))
     finally:
-        if "reference" in evals["generate"]:  # only the file this stage exported
+        if with_reference:  # only the file this stage exported
             ggufs["reference"][0].unlink(missing_ok=True)
     slim = asked["slim"]
     titles = round(slim.figures["title"].mean * len(slim.users))
