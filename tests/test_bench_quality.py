@@ -84,3 +84,18 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     text = out.with_suffix(".md").read_text()
     assert "cross-domain: " in text
     assert "listwise KD over the candidates (weight 1.0" in text and "the slim models 3 steps" in text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_follows_the_hardware(bench, monkeypatch, native: bool) -> None:
+    """``auto`` is bf16 only where bf16 matmuls are native (torch emulates them on AVX2 CPUs, about
+    20x slower than float32 for a training step: tools/bench_precision.py); the recipe records the
+    concrete choice, and an explicit one is kept."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    args = bench.parse_args([])
+    assert (args.dtype, args.mixed_precision) == (("bfloat16", "bf16") if native else ("float32", "no"))
+    args = bench.parse_args(["--dtype", "float16", "--mixed-precision", "fp16"])
+    assert (args.dtype, args.mixed_precision) == ("float16", "fp16")

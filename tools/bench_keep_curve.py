@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--measure", default="gguf", choices=MEASURES,
                    help="score each slim model as it ships (the --outtype GGUF through llama.cpp), or its transformers twin "
                         "(about 3x faster on a CPU with bf16 matmuls; the speed columns still time the GGUFs)")
-    args = p.parse_args(argv)
+    args = bq.resolve_precision(p.parse_args(argv))
     try:
         args.keep_list = sorted({int(k) for k in args.keeps.split(",")})
     except ValueError:

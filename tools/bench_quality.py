@@ -74,8 +74,10 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure")
     p.add_argument("--slim-steps", type=int, default=None, metavar="N",
                    help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
-    p.add_argument("--mixed-precision", default="bf16", choices=("no", "bf16", "fp16"), help="healing: accelerate's mixed precision")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"), help="dtype the models are loaded in for scoring")
+    p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
+                   help="healing: accelerate's mixed precision (auto: bf16 where the hardware has bf16 matmuls, no elsewhere)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="dtype the models are loaded in for scoring (auto: bfloat16 where the hardware has bf16 matmuls, float32 elsewhere)")
     p.add_argument("--device-map", default=None, help="accelerate device map for scoring, e.g. cuda or auto (default: CPU)")
     p.add_argument("--cross-data", default=None, metavar="DATA",
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
@@ -87,7 +89,16 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parser().parse_args(argv)
+    return resolve_precision(parser().parse_args(argv))
+
+
+def resolve_precision(args: argparse.Namespace) -> argparse.Namespace:
+    """``auto`` precisions made concrete for this machine, so that the recipe records what ran."""
+    from ollama_slim.models.modeling import auto_dtype, auto_mixed_precision
+
+    args.dtype = auto_dtype(args.dtype, args.device_map)
+    args.mixed_precision = auto_mixed_precision(args.mixed_precision, args.device_map)
+    return args
 
 
 def log(message: str) -> None:

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ollama_slim import paths  # noqa: E402
+from ollama_slim.models.modeling import auto_dtype  # noqa: E402
 from ollama_slim.slimming.importance import METHODS, ScoreConfig, mean_rank, open_model, score_layers  # noqa: E402
 from ollama_slim.recsys.metrics import bootstrap_interval, per_user_metrics  # noqa: E402
 from ollama_slim.slimming.selection import STRATEGIES, SelectConfig, _search_context  # noqa: E402
@@ -171,12 +172,14 @@ def fill_table(report: dict, table, *, keep: int, num_layers: int, out: Path) ->
 @click.option("--scores-from", type=click.Path(exists=True, path_type=Path), help="Reuse the scoring part of an earlier bench_select.json.")
 @click.option("--searches-from", type=click.Path(exists=True, path_type=Path), multiple=True, help="Reuse the searches of an earlier bench_select.json.")
 @click.option("--quality-from", type=click.Path(exists=True, path_type=Path), help="Reuse the table rows of an earlier bench_select.json (same --table-users).")
-@click.option("--dtype", default="bfloat16", show_default=True, help="Weights and compute of scoring and searches (bfloat16 is ~1.9x float32 on CPUs with avx512_bf16).")
+@click.option("--dtype", default="auto", show_default=True,
+              help="Weights and compute of scoring and searches (auto: bfloat16 where the CPU has bf16 matmuls, ~1.9x float32 with avx512_bf16; float32 elsewhere).")
 @click.option("--table-dtype", default="float32", show_default=True, help="Weights and compute of the quality table.")
 @click.option("--out", default="runs/bench-select", show_default=True, type=click.Path(path_type=Path))
 def main(model: str, data: str, calib_users: int, shapley_permutations: int, search_users: int, table_users: int, keep: int, parts: str,
          scores_from: Path | None, searches_from: tuple[Path, ...], quality_from: Path | None, dtype: str, table_dtype: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    dtype = auto_dtype(dtype)
     wanted = [p for p in parts.split(",") if p]
     report: dict = {"model": model, "data": data, "keep": keep, "dtype": dtype, "table_dtype": table_dtype, "search_users": search_users, "table_users": table_users, "speed": {}, "searches": {}, "quality": {}}
     for earlier in searches_from:

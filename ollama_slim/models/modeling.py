@@ -32,6 +32,33 @@ def torch_dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
+def bfloat16_native(device_map: str | None = None) -> bool:
+    """Whether bfloat16 matmuls run in hardware where the model runs: on a CUDA GPU that has them,
+    or on a CPU with avx512_bf16 or AMX. Elsewhere (an AVX2-only CPU) torch emulates them, and a
+    SmolLM2-135M training step under bf16 autocast is an order of magnitude slower than in
+    float32 (``tools/bench_precision.py`` measures it)."""
+    import torch
+
+    if device_map not in (None, "cpu") and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe() for probe in probes if probe is not None)
+
+
+def auto_dtype(name: str, device_map: str | None = None) -> str:
+    """``name``, or for ``auto`` the fast one: bfloat16 where it runs natively, float32 elsewhere."""
+    if name != "auto":
+        return name
+    return "bfloat16" if bfloat16_native(device_map) else "float32"
+
+
+def auto_mixed_precision(name: str, device_map: str | None = None) -> str:
+    """accelerate's ``mixed_precision``: ``name``, or for ``auto`` bf16 where it runs natively, no elsewhere."""
+    if name != "auto":
+        return name
+    return "bf16" if bfloat16_native(device_map) else "no"
+
+
 def load_model(model_dir: str | Path, options: LoadOptions = LoadOptions()) -> Any:
     """``AutoModelForCausalLM`` from a local safetensors directory, in eval mode."""
     from transformers import AutoModelForCausalLM
