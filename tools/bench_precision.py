@@ -1,5 +1,6 @@
 """Healing precision: one training step (forward and backward) of the model in float32 against
-the same step under accelerate's bf16 autocast, in the same run, on this machine's CPU.
+the same step under torch's bf16 autocast (what accelerate's bf16 mixed precision runs on a CPU),
+in the same run, on this machine's CPU.
 
     python tools/bench_precision.py [--model smollm2:135m] [--batch 4] [--tokens 64] [--repeats 3]
 

@@ -36,7 +36,8 @@ def bfloat16_native(device_map: str | None = None) -> bool:
     """Whether bfloat16 matmuls run in hardware where the model runs: on a CUDA GPU that has them,
     or on a CPU with avx512_bf16 or AMX. Elsewhere (an AVX2-only CPU) torch emulates them, and a
     SmolLM2-135M training step under bf16 autocast is an order of magnitude slower than in
-    float32 (``tools/bench_precision.py`` measures it)."""
+    float32 (``tools/bench_precision.py`` measures it). accelerate's ``is_bf16_available()`` does
+    not tell: it says yes on any CPU."""
     import torch
 
     if device_map not in (None, "cpu") and torch.cuda.is_available():
@@ -56,7 +57,7 @@ def auto_mixed_precision(name: str, device_map: str | None = None) -> str:
     """accelerate's ``mixed_precision``: ``name``, or for ``auto`` bf16 where it runs natively, no elsewhere."""
     if name != "auto":
         return name
-    return "bf16" if bfloat16_native(device_map) else "no"
+    return "bf16" if auto_dtype(name, device_map) == "bfloat16" else "no"
 
 
 def load_model(model_dir: str | Path, options: LoadOptions = LoadOptions()) -> Any:
