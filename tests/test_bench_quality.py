@@ -99,3 +99,33 @@ def test_auto_precision_follows_the_hardware(bench, monkeypatch, native: bool) -
     assert (args.dtype, args.mixed_precision) == (("bfloat16", "bf16") if native else ("float32", "no"))
     args = bench.parse_args(["--dtype", "float16", "--mixed-precision", "fp16"])
     assert (args.dtype, args.mixed_precision) == ("float16", "fp16")
+
+
+def test_the_slim_model_can_be_cut_from_the_fine_tuned_model(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """``--slim-from teacher``: the kept layers carry the fine-tuned weights, not the original's, and the
+    compact model says where it was cut from."""
+    import json
+
+    import torch
+
+    model, tokenizer = load(tiny_llama)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(1.5)
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    args = bench.parse_args(["--model", str(tiny_llama), "--data", str(amazon_dir), "--calib-tokens", "64", "--slim-from", "teacher"])
+    kept = [0, 2]
+    cut = {name: load(bench.build_slim(args, tmp_path, "none", kept=kept, name=name, source=source))[0]
+           for name, source in (("from-original", None), ("from-teacher", teacher))}
+    original, _ = load(tiny_llama)
+    for i, j in enumerate(kept):
+        q = lambda m, n: m.model.layers[n].self_attn.q_proj.weight  # noqa: E731
+        torch.testing.assert_close(q(cut["from-teacher"], i), q(model, j))
+        torch.testing.assert_close(q(cut["from-original"], i), q(original, j))
+        assert not torch.allclose(q(cut["from-teacher"], i), q(original, j))
+    provenance = json.loads((tmp_path / "from-teacher" / "slim.json").read_text())
+    assert provenance["source"]["fine_tuned"] == str(teacher) and provenance["kept"] == kept
+    assert "cut from the full fine-tuned model" in bench._cut_from(vars(args))
+    assert bench._cut_from(vars(bench.parse_args([]))) == ""

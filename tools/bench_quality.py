@@ -63,6 +63,9 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--rank-weight", type=float, default=0.5, metavar="W", help="healing: share of the ranking loss, in [0, 1]")
     p.add_argument("--rank-regimes", default="uniform", help="healing: negatives drawn uniformly and/or by popularity (comma-separated; both: one regime per draw)")
     p.add_argument("--full", action="store_true", help="healing: train every weight instead of LoRA adapters")
+    p.add_argument("--slim-from", default="original", choices=("original", "teacher"),
+                   help="the weights the slim models are cut from: the original, or the full model fine-tuned with the recipe "
+                        "(prune after fine-tuning; bridges fitted on its hidden states)")
     p.add_argument("--listwise-weight", type=float, default=0.0, metavar="W", help="distilled row: KL between the teacher's and the student's distributions over the candidates")
     p.add_argument("--distill-temperature", type=float, default=1.0, help="distilled row: temperature of the listwise KL")
     p.add_argument("--align-weight", type=float, default=0.0, metavar="W", help="distilled row: hidden-state alignment with the teacher's layers")
@@ -108,9 +111,10 @@ def log(message: str) -> None:
 # --- models -------------------------------------------------------------------------------
 
 
-def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[int] | None = None, name: str | None = None) -> Path:
-    """The compact model keeping ``kept`` (default ``--kept``) with ``bridge`` fitted on train
-    calibration data, in ``work``/``name`` (default ``slim-<bridge>``; cached)."""
+def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[int] | None = None, name: str | None = None,
+               source: Path | None = None) -> Path:
+    """The compact model keeping ``kept`` (default ``--kept``) of ``source`` (default the original)
+    with ``bridge`` fitted on train calibration data, in ``work``/``name`` (default ``slim-<bridge>``; cached)."""
     from ollama_slim.slimming import bridges as br
     from ollama_slim.slimming.build import save_compact, slice_model
     from ollama_slim.models.modeling import load
@@ -120,12 +124,13 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[
     if out.is_dir():
         return out
     resolved = resolve(args.model)
-    original, tokenizer = load(resolved.model_dir)
+    original, tokenizer = load(source or resolved.model_dir)
     kept = kept or kept_layers(args, work)
     compact = slice_model(original, kept)
     calibration = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(args.data), max_tokens=args.calib_tokens, history=args.history)
     summary = br.BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
-    save_compact(compact, tokenizer, out, provenance={"source": {"ref": args.model}, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
+    cut_from = {"ref": args.model} | ({"fine_tuned": str(source)} if source else {})
+    save_compact(compact, tokenizer, out, provenance={"source": cut_from, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
     return out
 
 
@@ -199,9 +204,10 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     full = Path(resolve(args.model).model_dir)
     out = {"zero-shot full": full}
     out["full fine-tuned"] = heal(args, full, work / "ft-full")
+    source = out["full fine-tuned"] if args.slim_from == "teacher" else None
     if "plain-drop" not in skip:
-        out["slim plain drop, no healing"] = build_slim(args, work, "none")
-    slim = build_slim(args, work, args.bridge)
+        out["slim plain drop, no healing"] = build_slim(args, work, "none", source=source)
+    slim = build_slim(args, work, args.bridge, source=source)
     if "bridged-unhealed" not in skip:
         out[f"slim {args.bridge}, no healing"] = slim
     if "healed" not in skip:
@@ -353,6 +359,14 @@ def _budget(cfg: dict, kept: int) -> str:
     return f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept})."
 
 
+def _cut_from(cfg: dict) -> str:
+    """Where the slim models' weights come from: the original, or the full fine-tuned model."""
+    if cfg.get("slim_from", "original") == "original":
+        return ""
+    return (" The slim models are cut from the full fine-tuned model (prune after fine-tuning, bridges fitted on its hidden states):"
+            " their healing adds to the reference's budget, not instead of it.")
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     kept = report["kept_layers"]
@@ -361,7 +375,7 @@ def markdown(report: dict) -> str:
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
-             "", _distill_recipe(cfg) + " " + _budget(cfg, len(kept))]
+             "", _distill_recipe(cfg) + " " + _budget(cfg, len(kept)) + _cut_from(cfg)]
     for key, heal in report.get("healing", {}).items():
         stop = f", best step {heal['best_step']}" + (" (stopped early)" if heal["stopped_early"] else "") if heal.get("best_step") else ""
         lines.append(f"- {key}: {heal['steps']} steps{stop}, {heal['seconds']:.0f} s")
