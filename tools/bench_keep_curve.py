@@ -118,7 +118,7 @@ def curve(args: argparse.Namespace) -> dict:
     full_gguf = bq.export(args, teacher, work)
     rows = []
     for keep, kept in kept_sets(args, work).items():
-        compact = bq.build_slim(args, work, args.bridge, kept=kept, name=f"keep{keep}-{args.bridge}")
+        compact = bq.build_slim(args, work, args.bridge, kept=kept, name=f"keep{keep}-{args.bridge}", source=bq.slim_source(args, teacher))
         healed = bq.heal(args, compact, work / f"keep{keep}-{args.recipe}", teacher=teacher if args.recipe == "distilled" else None, slim=True)
         gguf = bq.export(args, healed, work)
         if args.measure == "gguf":

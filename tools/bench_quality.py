@@ -124,14 +124,19 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[
     if out.is_dir():
         return out
     resolved = resolve(args.model)
-    original, tokenizer = load(source or resolved.model_dir)
+    whole, tokenizer = load(source or resolved.model_dir)
     kept = kept or kept_layers(args, work)
-    compact = slice_model(original, kept)
+    compact = slice_model(whole, kept)
     calibration = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(args.data), max_tokens=args.calib_tokens, history=args.history)
-    summary = br.BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
+    summary = br.BRIDGES[bridge].fit_and_fold(original=whole, compact=compact, kept=kept, calibration=calibration)
     cut_from = {"ref": args.model} | ({"fine_tuned": str(source)} if source else {})
     save_compact(compact, tokenizer, out, provenance={"source": cut_from, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
     return out
+
+
+def slim_source(args: argparse.Namespace, teacher: Path) -> Path | None:
+    """What ``build_slim`` cuts from under ``--slim-from``: the full fine-tuned ``teacher``, or ``None`` (the original)."""
+    return teacher if args.slim_from == "teacher" else None
 
 
 def select_path(args: argparse.Namespace, work: Path, *, strategy: str, target: int) -> dict[int, list[int]]:
@@ -204,7 +209,7 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     full = Path(resolve(args.model).model_dir)
     out = {"zero-shot full": full}
     out["full fine-tuned"] = heal(args, full, work / "ft-full")
-    source = out["full fine-tuned"] if args.slim_from == "teacher" else None
+    source = slim_source(args, out["full fine-tuned"])
     if "plain-drop" not in skip:
         out["slim plain drop, no healing"] = build_slim(args, work, "none", source=source)
     slim = build_slim(args, work, args.bridge, source=source)
