@@ -129,3 +129,32 @@ def test_the_slim_model_can_be_cut_from_the_fine_tuned_model(bench, tiny_llama: 
     assert provenance["source"]["fine_tuned"] == str(teacher) and provenance["kept"] == kept
     assert "cut from the full fine-tuned model" in bench._cut_from(vars(args))
     assert bench._cut_from(vars(bench.parse_args([]))) == ""
+
+
+def test_the_slim_models_can_heal_at_their_own_learning_rate(bench, tmp_path: Path) -> None:
+    """``--slim-lr`` sets the slim models' peak learning rate only; the full model keeps ``--lr``, and the report says so."""
+    args = bench.parse_args(["--lr", "1e-4", "--slim-lr", "3e-4", "--slim-steps", "600", "--steps", "200"])
+    full = bench.heal_config(args, tmp_path, tmp_path / "ft-full")
+    slim = bench.heal_config(args, tmp_path, tmp_path / "slim", teacher=tmp_path, slim=True)
+    assert (full.lr, full.steps) == (1e-4, 200) and (slim.lr, slim.steps) == (3e-4, 600)
+    assert "peak learning rate is 0.0003 (the full model's 0.0001)" in bench._budget(vars(args), 10)
+    plain = bench.parse_args(["--lr", "1e-4"])
+    assert bench.heal_config(plain, tmp_path, tmp_path / "slim", slim=True).lr == 1e-4
+    assert "learning rate" not in bench._budget(vars(plain), 10)
+
+
+def test_the_zero_shot_row_can_be_left_out(bench, amazon_dir: Path) -> None:
+    """``--skip zero-shot``: the report has no zero-shot row and no fine-tuning gain, the rest is unchanged."""
+    args = bench.parse_args(["--data", str(amazon_dir), "--test-users", "6", "--valid-users", "4"])
+    dataset = load_dataset(args.data)
+    rng = np.random.default_rng(0)
+    scores = {key: {f"{split}/{regime}": rng.normal(size=(args.test_users if split == "test" else args.valid_users, 20))
+                    for split in ("test", "valid") for regime in bench.REGIMES}
+              for key in ("zero-shot full", "full fine-tuned", "slim mlp-fold + healed + distilled")}
+    with_zero = bench.regime_report("uniform", scores, args, dataset)
+    without = bench.regime_report("uniform", {k: v for k, v in scores.items() if k != "zero-shot full"}, args, dataset)
+    assert "full_finetuned_minus_zero_shot" in with_zero and "full_finetuned_minus_zero_shot" not in without
+    assert without["models"]["slim mlp-fold + healed + distilled"] == with_zero["models"]["slim mlp-fold + healed + distilled"]
+    report = {"config": vars(args) | {"data": str(args.data), "out": str(args.out)}, "kept_layers": [0, 1], "regimes": {"uniform": without}}
+    text = bench.markdown(report)
+    assert "zero-shot" not in text.split("## uniform")[1] and "| slim mlp-fold + healed + distilled |" in text

@@ -77,6 +77,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure")
     p.add_argument("--slim-steps", type=int, default=None, metavar="N",
                    help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
+    p.add_argument("--slim-lr", type=float, default=None, metavar="LR",
+                   help="peak learning rate of the slim models' healing (default --lr: the full model's)")
     p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
                    help="healing: accelerate's mixed precision (auto: bf16 where the hardware has bf16 matmuls, no elsewhere)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -86,7 +88,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
     p.add_argument("--cross-users", type=int, default=None, metavar="N", help="test users of --cross-data (default --test-users)")
     p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
-    p.add_argument("--skip", default="", help="leave out: plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
+    p.add_argument("--skip", default="", help="leave out: zero-shot, plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p
 
@@ -169,13 +171,14 @@ def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher
     from ollama_slim.slimming.finetune import FinetuneConfig
 
     steps = args.slim_steps if slim and args.slim_steps else args.steps
+    lr = args.slim_lr if slim and args.slim_lr else args.lr
     distill = {}
     if teacher is not None:
         distill = dict(distill_from=str(teacher), distill_weight=args.distill_weight, distill_listwise_weight=args.listwise_weight,
                        distill_temperature=args.distill_temperature, align_weight=args.align_weight, align_kind=args.align_kind,
                        align_at=args.align_at, teacher_cache=args.teacher_cache, fixed_negatives=args.teacher_cache and args.listwise_weight > 0)
     return FinetuneConfig(
-        model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=args.lr,
+        model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=lr,
         batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
         rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, rank_regimes=tuple(args.rank_regimes.split(",")),
         early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
@@ -207,7 +210,7 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 
     skip = set(filter(None, args.skip.split(",")))
     full = Path(resolve(args.model).model_dir)
-    out = {"zero-shot full": full}
+    out = {} if "zero-shot" in skip else {"zero-shot full": full}
     out["full fine-tuned"] = heal(args, full, work / "ft-full")
     source = slim_source(args, out["full fine-tuned"])
     if "plain-drop" not in skip:
@@ -329,9 +332,10 @@ def regime_report(regime: str, scores: dict[str, dict[str, np.ndarray]], args: a
         if key != "full fine-tuned":
             row["retained_vs_full_finetuned"] = retained_on_lift(test["ndcg@10"], reference, random=random).to_json()
         rows[key] = row
-    full_gain = paired_bootstrap_diff(reference, per_user_metrics(scores["zero-shot full"][f"test/{regime}"])["ndcg@10"]).to_json()
-    return {"random_ndcg@10": random, "popularity": {"ndcg@10": _iv(pop_test["ndcg@10"]), "hr@10": float(pop_test["hr@10"].mean())},
-            "full_finetuned_minus_zero_shot": full_gain, "models": rows}
+    out = {"random_ndcg@10": random, "popularity": {"ndcg@10": _iv(pop_test["ndcg@10"]), "hr@10": float(pop_test["hr@10"].mean())}, "models": rows}
+    if "zero-shot full" in scores:
+        out["full_finetuned_minus_zero_shot"] = paired_bootstrap_diff(reference, per_user_metrics(scores["zero-shot full"][f"test/{regime}"])["ndcg@10"]).to_json()
+    return out
 
 
 def _fmt(iv: dict) -> str:
@@ -359,9 +363,10 @@ def _distill_recipe(cfg: dict) -> str:
 def _budget(cfg: dict, kept: int) -> str:
     """Equal examples or equal compute: the slim model is about layers/kept times cheaper a step."""
     slim_steps = cfg.get("slim_steps") or cfg["steps"]
+    lr = f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})." if cfg.get("slim_lr") else ""
     if slim_steps == cfg["steps"]:
-        return f"Budget: equal examples ({cfg['steps']} steps each; the slim model spends about {kept}/N of the full model's compute)."
-    return f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept})."
+        return f"Budget: equal examples ({cfg['steps']} steps each; the slim model spends about {kept}/N of the full model's compute).{lr}"
+    return f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept}).{lr}"
 
 
 def _cut_from(cfg: dict) -> str:
@@ -400,8 +405,8 @@ def markdown(report: dict) -> str:
                          f"{_fmt(row['ndcg@10_with_prior'])} ({row['prior_weight']:g}) | {_fmt(row['with_prior_minus_popularity'])} |")
         lines.append(f"| popularity | {_fmt(rep['popularity']['ndcg@10'])} | {rep['popularity']['hr@10']:.3f} | | | | | |")
         lines.append(f"| random | {rep['random_ndcg@10']:.3f} | 0.500 | | | | | |")
-        gain = rep["full_finetuned_minus_zero_shot"]
-        lines += ["", f"Full fine-tuned minus zero-shot full: {_fmt(gain)} (paired bootstrap)."]
+        if "full_finetuned_minus_zero_shot" in rep:
+            lines += ["", f"Full fine-tuned minus zero-shot full: {_fmt(rep['full_finetuned_minus_zero_shot'])} (paired bootstrap)."]
     return "\n".join(lines) + "\n"
 
 
