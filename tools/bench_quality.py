@@ -363,10 +363,13 @@ def _distill_recipe(cfg: dict) -> str:
 def _budget(cfg: dict, kept: int) -> str:
     """Equal examples or equal compute: the slim model is about layers/kept times cheaper a step."""
     slim_steps = cfg.get("slim_steps") or cfg["steps"]
-    lr = f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})." if cfg.get("slim_lr") else ""
     if slim_steps == cfg["steps"]:
-        return f"Budget: equal examples ({cfg['steps']} steps each; the slim model spends about {kept}/N of the full model's compute).{lr}"
-    return f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept}).{lr}"
+        budget = f"Budget: equal examples ({cfg['steps']} steps each; the slim model spends about {kept}/N of the full model's compute)."
+    else:
+        budget = f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept})."
+    if cfg.get("slim_lr"):
+        budget += f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})."
+    return budget
 
 
 def _cut_from(cfg: dict) -> str:
