@@ -37,3 +37,14 @@ def test_every_gpu_command_parses(tmp_path: Path) -> None:
     only = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "curve"},
                           capture_output=True, text=True, check=True).stdout
     assert len(only.splitlines()) == 1 and "bench_keep_curve.py" in only
+
+
+def test_keep10_part_is_the_readme_gpu_row(tmp_path: Path) -> None:
+    """PARTS=keep10 (not a default part) runs the CPU's best recipe at the GPU's budget, as the README prints it."""
+    out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "keep10"},
+                         capture_output=True, text=True, check=True).stdout
+    (command,) = [shlex.split(line) for line in out.splitlines() if line.strip()]
+    args = load_tool("bench_quality").parse_args(command[2:])
+    assert args.kept == "0,1,2,8,11,20,21,24,27,29" and args.test_users >= 1000 and args.full and args.outtype == "q8_0"
+    assert (args.steps, args.slim_steps, args.batch_size, args.early_stop_patience) == (400, 1200, 16, 3)
+    assert args.out == tmp_path / "gpu" / "keep10"

@@ -40,6 +40,7 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     work = tmp_path / "q-work"
     bench.check_work(bench.parse_args(["--steps", "10"]), work)
     bench.check_work(bench.parse_args(["--steps", "10", "--skip", "distilled"]), work)  # what is skipped changes no result
+    bench.check_work(bench.parse_args(["--steps", "10", "--outtype", "none"]), work)  # GGUF rows are added or left out
     with pytest.raises(SystemExit, match="other settings .*steps"):
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
 
@@ -158,3 +159,16 @@ def test_the_zero_shot_row_can_be_left_out(bench, amazon_dir: Path) -> None:
     report = {"config": vars(args) | {"data": str(args.data), "out": str(args.out)}, "kept_layers": [0, 1], "regimes": {"uniform": without}}
     text = bench.markdown(report)
     assert "zero-shot" not in text.split("## uniform")[1] and "| slim mlp-fold + healed + distilled |" in text
+
+
+def test_popularity_debias_reaches_the_healing_and_the_report(bench, tmp_path: Path) -> None:
+    args = bench.parse_args(["--popularity-debias", "0.5", "--rank-negatives", "4"])
+    assert bench.heal_config(args, tmp_path / "model", tmp_path / "out").popularity_debias == 0.5
+    assert bench.heal_config(args, tmp_path / "model", tmp_path / "out", slim=True).popularity_debias == 0.5  # the slim models alike
+    assert bench._rank_recipe(vars(args)).startswith("title loss weighted by train count^-0.5, ranking loss over 1+4")
+    plain = bench.parse_args(["--rank-negatives", "4"])
+    assert bench.heal_config(plain, tmp_path / "model", tmp_path / "out").popularity_debias == 0.0
+    assert bench._rank_recipe(vars(plain)).startswith("ranking loss over 1+4")
+    bench.check_work(plain, tmp_path / "w")
+    with pytest.raises(SystemExit, match="popularity_debias"):  # it changes the healed models
+        bench.check_work(args, tmp_path / "w")

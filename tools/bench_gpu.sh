@@ -4,6 +4,12 @@
 #
 #   bash tools/bench_gpu.sh [OUT]          # OUT defaults to bench/gpu; PARTS=quality,reverse,curve,qwen
 #
+# keep10   (not in the default PARTS) the README's GPU row: keep 10 of 30 on Amazon Electronics, the CPU's
+#          best recipe (full fine-tuning, lr 1e-4, listwise KD, gap-end alignment, 1+4 candidates of both
+#          regimes) at a GPU's budget: batch 16, the full model 400 steps, the slim model up to 1,200, both
+#          early-stopped (every 100 steps, patience 3); 1,000 test users, q8_0 GGUF through llama.cpp.
+#          About 7 minutes of H200 for the transformers rows; the GGUF row scores on the CPU (15 min on 2 cores)
+#
 # Parts (each caches its models and scores under OUT/<part>-work, so a stopped run continues):
 #   quality  SmolLM2-135M keep 10 of 30 on Amazon Electronics, both negative regimes, every row
 #            (zero-shot, full fine-tuned, plain drop, healed, distilled with listwise KD and
@@ -36,6 +42,12 @@ AMAZON=${AMAZON:-../shared/data/amazon-electronics-2014}
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 
+if want keep10; then
+  run python tools/bench_quality.py --kept 0,1,2,8,11,20,21,24,27,29 --test-users 1000 --valid-users 100 --steps 400 --slim-steps 1200 \
+    --batch-size 16 --early-stop-patience 3 --eval-every 100 --mixed-precision bf16 --dtype bfloat16 --device-map cuda \
+    --rank-negatives 4 --rank-regimes uniform,popularity --listwise-weight 2 --distill-temperature 2 --align-weight 0.5 \
+    --align-at gap-end --skip bridged-unhealed,plain-drop,healed --full --lr 1e-4 --data "$AMAZON" --outtype q8_0 --out "$OUT/keep10"
+fi
 if want quality; then
   run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --cross-data movielens-100k --out "$OUT/quality"
   run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --slim-steps 3000 --skip plain-drop,bridged-unhealed \

@@ -62,6 +62,9 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--rank-negatives", type=int, default=7, metavar="K", help="healing: rank the target among K seeded never-seen items (0: title loss only)")
     p.add_argument("--rank-weight", type=float, default=0.5, metavar="W", help="healing: share of the ranking loss, in [0, 1]")
     p.add_argument("--rank-regimes", default="uniform", help="healing: negatives drawn uniformly and/or by popularity (comma-separated; both: one regime per draw)")
+    p.add_argument("--popularity-debias", type=float, default=0.0, metavar="B",
+                   help="healing: weight each title loss by its item's train count^-B (0: every title alike), so that the "
+                        "healing does not learn the popularity prior that popularity-weighted negatives punish")
     p.add_argument("--full", action="store_true", help="healing: train every weight instead of LoRA adapters")
     p.add_argument("--slim-from", default="original", choices=("original", "teacher"),
                    help="the weights the slim models are cut from: the original, or the full model fine-tuned with the recipe "
@@ -181,7 +184,7 @@ def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher
         model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=lr,
         batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
         rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, rank_regimes=tuple(args.rank_regimes.split(",")),
-        early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
+        popularity_debias=args.popularity_debias, early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
         mixed_precision=args.mixed_precision, **distill,
     )
 
@@ -344,10 +347,12 @@ def _fmt(iv: dict) -> str:
 
 def _rank_recipe(cfg: dict) -> str:
     """The healing loss in words: title loss alone, or mixed with the ranking loss."""
+    debias = f"title loss weighted by train count^-{cfg['popularity_debias']:g}" if cfg.get("popularity_debias") else ""
     if not cfg["rank_negatives"]:
-        return "title loss only"
+        return debias or "title loss only"
     regimes = cfg.get("rank_regimes", "uniform").replace(",", " and ")
-    return f"ranking loss over 1+{cfg['rank_negatives']} candidates (weight {cfg['rank_weight']}, {regimes} negatives)"
+    ranking = f"ranking loss over 1+{cfg['rank_negatives']} candidates (weight {cfg['rank_weight']}, {regimes} negatives)"
+    return f"{debias}, {ranking}" if debias else ranking
 
 
 def _distill_recipe(cfg: dict) -> str:
@@ -415,9 +420,10 @@ def markdown(report: dict) -> str:
 
 def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = None) -> None:
     """The work directory caches models and scores by name: refuse one made with another recipe
-    (what only adds or leaves out rows, reports or keeps, is not part of it; nor is an option
-    added since, while it is at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users")
+    (what only adds or leaves out rows, reports or keeps, is not part of it: the GGUF rows of
+    ``--outtype`` are cached under names that hold it; nor is an option added since, while it is
+    at its default)."""
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
