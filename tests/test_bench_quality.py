@@ -172,3 +172,14 @@ def test_popularity_debias_reaches_the_healing_and_the_report(bench, tmp_path: P
     bench.check_work(plain, tmp_path / "w")
     with pytest.raises(SystemExit, match="popularity_debias"):  # it changes the healed models
         bench.check_work(args, tmp_path / "w")
+
+
+def test_early_stopping_settings_reach_both_healings_and_the_report(bench, tmp_path: Path) -> None:
+    """``--val-users`` and ``--val-measure`` go to the full and the slim healing alike, and the budget sentence names them."""
+    args = bench.parse_args(["--early-stop-patience", "3", "--eval-every", "100", "--val-measure", "ndcg-both", "--val-users", "256"])
+    for config in (bench.heal_config(args, tmp_path, tmp_path / "ft-full"), bench.heal_config(args, tmp_path, tmp_path / "slim", teacher=tmp_path, slim=True)):
+        assert (config.val_users, config.val_measure, config.early_stop_patience, config.eval_every) == (256, "ndcg-both", 3, 100)
+    assert "stops early on NDCG@10 (mean of uniform and popularity negatives) of 256 validation users, measured every 100 steps (patience 3" in bench._budget(vars(args), 10)
+    assert "stops early" not in bench._budget(vars(bench.parse_args([])), 10)
+    assert bench.heal_config(bench.parse_args([]), tmp_path, tmp_path / "ft-full").val_users == 32  # finetune's own default
+    assert bench.heal_config(bench.parse_args(["--checkpoint-every", "200"]), tmp_path, tmp_path / "ft-full").checkpoint_every == 200

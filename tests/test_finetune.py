@@ -524,6 +524,14 @@ def test_validation_measures_on_the_tiny_model(tiny_llama: Path, tiny_data: Path
     assert model.training is False
     with pytest.raises(UsageError, match="--val-negatives 3 is more than the 2 items"):
         make_validator(replace(config, val_measure="ndcg", val_negatives=3), dataset, tokenizer)
+    both = make_validator(replace(config, val_measure="ndcg-both", val_negatives=2), dataset, tokenizer)
+    assert len(both.rows) == 2 * len(ndcg.rows) and both.rows[: len(ndcg.rows)] == ndcg.rows  # the uniform rows, then the same users' popularity rows
+    popular = both.rows[len(ndcg.rows) :]
+    assert [p for p, _ in popular] == [p for p, _ in ndcg.rows] and [c[0] for _, c in popular] == [c[0] for _, c in ndcg.rows]
+    assert [c[1:] for _, c in popular] != [c[1:] for _, c in ndcg.rows]
+    pop_scores = np.stack([score_shared_prefix(model, p, c, pad_id=tokenizer.pad_token_id).numpy() for p, c in popular])
+    expected_both = (per_user_metrics(scores)["ndcg@10"].mean() + per_user_metrics(pop_scores)["ndcg@10"].mean()) / 2
+    assert both(model) == pytest.approx(float(expected_both), abs=1e-6)
 
 
 def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,7 +77,9 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", action="store_true", help="distilled row: the teacher's outputs cached on disk (draws negatives once per example)")
     p.add_argument("--early-stop-patience", type=int, default=0, metavar="N", help="healing: stop after N validation measures without a better one (0: every step)")
     p.add_argument("--eval-every", type=int, default=50, help="healing: steps between validation measures")
-    p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure")
+    p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure (ndcg: uniform negatives; ndcg-both: both regimes)")
+    p.add_argument("--checkpoint-every", type=int, default=25, metavar="N", help="healing: steps between resumable checkpoints (a full model's is weights and optimizer state)")
+    p.add_argument("--val-users", type=int, default=32, metavar="N", help="healing: validation users of the early-stopping measure")
     p.add_argument("--slim-steps", type=int, default=None, metavar="N",
                    help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
     p.add_argument("--slim-lr", type=float, default=None, metavar="LR",
@@ -182,9 +184,10 @@ def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher
                        align_at=args.align_at, teacher_cache=args.teacher_cache, fixed_negatives=args.teacher_cache and args.listwise_weight > 0)
     return FinetuneConfig(
         model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=lr,
-        batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=25,
+        batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=args.checkpoint_every,
         rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, rank_regimes=tuple(args.rank_regimes.split(",")),
         popularity_debias=args.popularity_debias, early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
+        val_users=args.val_users,
         mixed_precision=args.mixed_precision, **distill,
     )
 
@@ -374,6 +377,10 @@ def _budget(cfg: dict, kept: int) -> str:
         budget = f"Budget: the full model {cfg['steps']} steps, the slim models {slim_steps} steps (equal compute is about steps x N / {kept})."
     if cfg.get("slim_lr"):
         budget += f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})."
+    if cfg.get("early_stop_patience"):
+        measure = {"ndcg": "NDCG@10 (uniform negatives)", "ndcg-both": "NDCG@10 (mean of uniform and popularity negatives)"}.get(cfg["val_measure"], cfg["val_measure"])
+        budget += (f" Each healing stops early on {measure} of {cfg.get('val_users', 32)} validation users, measured every {cfg['eval_every']} steps"
+                   f" (patience {cfg['early_stop_patience']}; the best step's weights kept).")
     return budget
 
 
@@ -421,9 +428,9 @@ def markdown(report: dict) -> str:
 def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = None) -> None:
     """The work directory caches models and scores by name: refuse one made with another recipe
     (what only adds or leaves out rows, reports or keeps, is not part of it: the GGUF rows of
-    ``--outtype`` are cached under names that hold it; nor is an option added since, while it is
-    at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype")
+    ``--outtype`` are cached under names that hold it; nor is how often healing checkpoints, nor an
+    option added since, while it is at its default)."""
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():

@@ -2,8 +2,10 @@
 
 Measures, registered by name (the CLI's choices): ``loss``, the mean next-item title loss of
 the validation targets (lower is better); ``ndcg``, NDCG@10 of each validation target among
-``val_negatives`` uniform negatives, scored like evaluation scores them (higher is better).
-The validation rows are encoded once. :class:`EarlyStop` keeps the measures, the best step
+``val_negatives`` uniform negatives, scored like evaluation scores them (higher is better);
+``ndcg-both``, the same over uniform and popularity-weighted negatives alike (each user once
+per regime), so that the best step is not one that trades the popularity regime for the
+uniform one. The validation rows are encoded once. :class:`EarlyStop` keeps the measures, the best step
 and a copy of its trainable tensors, and says when ``patience`` measures in a row brought
 nothing better; its state goes into every checkpoint, so a resumed run stops where an
 uninterrupted one does.
@@ -59,9 +61,9 @@ def title_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row
     return encode_rows(tokenizer, dataset, _valid_examples(config, dataset), config)
 
 
-def candidate_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row]:
-    """``(prompt, [target, negatives...])`` of each validation example: ``val_negatives``
-    uniform negatives per user, seeded like evaluation's."""
+def candidate_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any, *, regimes: tuple[str, ...] = ("uniform",)) -> list[Row]:
+    """``(prompt, [target, negatives...])`` of each validation example and regime:
+    ``val_negatives`` negatives per user drawn in each of ``regimes``, seeded like evaluation's."""
     from ollama_slim.recsys.data import CandidateSampler
 
     found = _valid_examples(config, dataset)
@@ -69,8 +71,13 @@ def candidate_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list
     if config.val_negatives > fewest:
         raise UsageError(f"--val-negatives {config.val_negatives} is more than the {fewest} items some user never interacted with",
                          hint=f"use --val-negatives {fewest} or fewer")
-    sampler = CandidateSampler(dataset, negatives=config.val_negatives, seed=config.seed)
-    return encode_rows(tokenizer, dataset, found, config, [sampler(e)[1:] for e in found])
+    samplers = [CandidateSampler(dataset, negatives=config.val_negatives, regime=regime, seed=config.seed) for regime in regimes]
+    return [row for sampler in samplers for row in encode_rows(tokenizer, dataset, found, config, [sampler(e)[1:] for e in found])]
+
+
+def both_regimes_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Row]:
+    """:func:`candidate_rows` under uniform and popularity-weighted negatives (the same users in each)."""
+    return candidate_rows(config, dataset, tokenizer, regimes=("uniform", "popularity"))
 
 
 @register_measure("loss", higher_is_better=False, rows=title_rows)
@@ -88,6 +95,10 @@ def validation_ndcg(model: Any, rows: list[Row], *, batch: int, pad_id: int = 0)
     width = len(rows[0][1])
     scores = [candidate_scores(candidate_logits(model, rows[i : i + batch], pad_id=pad_id), candidates=width) for i in range(0, len(rows), batch)]
     return float(np.mean(per_user_metrics(torch.cat(scores).double().cpu().numpy())["ndcg@10"]))
+
+
+# Every user has one row per regime, so the mean over the rows is the mean of the regimes' means.
+register_measure("ndcg-both", higher_is_better=True, rows=both_regimes_rows)(validation_ndcg)
 
 
 @dataclass
