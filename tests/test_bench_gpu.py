@@ -48,3 +48,14 @@ def test_keep10_part_is_the_readme_gpu_row(tmp_path: Path) -> None:
     assert args.kept == "0,1,2,8,11,20,21,24,27,29" and args.test_users >= 1000 and args.full and args.outtype == "q8_0"
     assert (args.steps, args.slim_steps, args.batch_size, args.early_stop_patience) == (400, 1200, 16, 3)
     assert args.out == tmp_path / "gpu" / "keep10"
+
+
+def test_keep10_both_part_guards_both_regimes(tmp_path: Path) -> None:
+    """PARTS=keep10-both: keep10's recipe to a larger budget, both healings early-stopped on NDCG@10 over both regimes."""
+    out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "keep10,keep10-both"},
+                         capture_output=True, text=True, check=True).stdout
+    keep10, both = (load_tool("bench_quality").parse_args(shlex.split(line)[2:]) for line in out.splitlines() if line.strip())
+    assert (both.steps, both.slim_steps, both.val_measure, both.val_users) == (1000, 1500, "ndcg-both", 64)
+    assert (keep10.val_measure, keep10.val_users) == ("ndcg", 32)
+    same = {k: v for k, v in vars(keep10).items() if k not in ("steps", "slim_steps", "val_measure", "val_users", "checkpoint_every", "out")}
+    assert same == {k: v for k, v in vars(both).items() if k in same} and both.out == tmp_path / "gpu" / "keep10-both"

@@ -9,6 +9,12 @@
 #          regimes) at a GPU's budget: batch 16, the full model 400 steps, the slim model up to 1,200, both
 #          early-stopped (every 100 steps, patience 3); 1,000 test users, q8_0 GGUF through llama.cpp.
 #          About 7 minutes of H200 for the transformers rows; the GGUF row scores on the CPU (15 min on 2 cores)
+# keep10-both  (not in the default PARTS) keep10 healed to convergence and guarded for both regimes: the full
+#          model up to 1,000 steps and the slim up to 1,500, each early-stopped on NDCG@10 averaged over uniform
+#          and popularity negatives (--val-measure ndcg-both) of 64 validation users, so that the reference
+#          stops where it has not traded the popularity regime for the uniform one. Validation costs about
+#          0.1 s a row on an H200 (64 users: 128 rows, ~13 s a measure); up to about 10 minutes of H200 in all.
+#          Run one benchmark at a time on a GPU: two side by side each ran about 3x slower (stop 36)
 #
 # Parts (each caches its models and scores under OUT/<part>-work, so a stopped run continues):
 #   quality  SmolLM2-135M keep 10 of 30 on Amazon Electronics, both negative regimes, every row
@@ -42,11 +48,17 @@ AMAZON=${AMAZON:-../shared/data/amazon-electronics-2014}
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 run() { if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "$@"; echo; else "$@"; fi; }
 
+# the CPU's best recipe at batch 16 (keep10 and keep10-both)
+KEEP10=(--kept 0,1,2,8,11,20,21,24,27,29 --test-users 1000 --valid-users 100 --batch-size 16 --early-stop-patience 3 --eval-every 100
+        --mixed-precision bf16 --dtype bfloat16 --device-map cuda --rank-negatives 4 --rank-regimes uniform,popularity --listwise-weight 2
+        --distill-temperature 2 --align-weight 0.5 --align-at gap-end --skip bridged-unhealed,plain-drop,healed --full --lr 1e-4
+        --data "$AMAZON" --outtype q8_0)
 if want keep10; then
-  run python tools/bench_quality.py --kept 0,1,2,8,11,20,21,24,27,29 --test-users 1000 --valid-users 100 --steps 400 --slim-steps 1200 \
-    --batch-size 16 --early-stop-patience 3 --eval-every 100 --mixed-precision bf16 --dtype bfloat16 --device-map cuda \
-    --rank-negatives 4 --rank-regimes uniform,popularity --listwise-weight 2 --distill-temperature 2 --align-weight 0.5 \
-    --align-at gap-end --skip bridged-unhealed,plain-drop,healed --full --lr 1e-4 --data "$AMAZON" --outtype q8_0 --out "$OUT/keep10"
+  run python tools/bench_quality.py "${KEEP10[@]}" --steps 400 --slim-steps 1200 --out "$OUT/keep10"
+fi
+if want keep10-both; then
+  run python tools/bench_quality.py "${KEEP10[@]}" --steps 1000 --slim-steps 1500 --val-measure ndcg-both --val-users 64 \
+    --checkpoint-every 200 --out "$OUT/keep10-both"
 fi
 if want quality; then
   run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --cross-data movielens-100k --out "$OUT/quality"
