@@ -50,3 +50,16 @@ def test_the_curve_on_a_tiny_model(curve_tool, tiny_llama: Path, amazon_dir: Pat
     for ours, theirs in zip(twins["points"], report["points"]):
         for regime in ("uniform", "popularity"):
             assert abs(ours["regimes"][regime]["ndcg@10"]["mean"] - theirs["regimes"][regime]["ndcg@10"]["mean"]) < 0.05
+
+
+def test_a_work_directory_made_before_an_option_still_resumes(curve_tool, tmp_path: Path) -> None:
+    """An option added since (at its default) does not refuse an older work directory; a changed setting does."""
+    args = curve_tool.parse_args(["--keeps", "8,10"])
+    work = tmp_path / "curve-work"
+    curve_tool.check_work(args, work)
+    recipe = json.loads((work / "recipe.json").read_text())
+    del recipe["val_users"]  # as written before --val-users existed
+    (work / "recipe.json").write_text(json.dumps(recipe))
+    curve_tool.check_work(args, work)
+    with pytest.raises(SystemExit, match=r"other settings \(val_users\)"):
+        curve_tool.check_work(curve_tool.parse_args(["--keeps", "8,10", "--val-users", "64"]), work)

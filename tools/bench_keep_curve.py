@@ -105,9 +105,14 @@ def point(keep: int, scores: dict[str, np.ndarray], reference: dict[str, np.ndar
     return row
 
 
+def check_work(args: argparse.Namespace, work: Path) -> None:
+    """:func:`bench_quality.check_work` with this tool's defaults: a work directory made before an option existed still resumes."""
+    bq.check_work(args, work, defaults=vars(parse_args([])))
+
+
 def curve(args: argparse.Namespace) -> dict:
     work = args.out.with_name(args.out.name + "-work")
-    bq.check_work(args, work)
+    check_work(args, work)
     dataset = load_dataset(args.data)
     began = time.perf_counter()
     from ollama_slim.models.sources import resolve
