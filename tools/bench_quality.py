@@ -35,6 +35,7 @@ from ollama_slim.recsys.data import load_dataset  # noqa: E402
 from ollama_slim.recsys.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases  # noqa: E402
 from ollama_slim.recsys.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline  # noqa: E402
 from ollama_slim.recsys.retained import retained_on_lift  # noqa: E402
+from ollama_slim.slimming.finetune.config import FinetuneConfig  # noqa: E402
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"
 REGIMES = ("uniform", "popularity")
@@ -79,7 +80,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=50, help="healing: steps between validation measures")
     p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure (ndcg: uniform negatives; ndcg-both: both regimes)")
     p.add_argument("--checkpoint-every", type=int, default=25, metavar="N", help="healing: steps between resumable checkpoints (a full model's is weights and optimizer state)")
-    p.add_argument("--val-users", type=int, default=32, metavar="N", help="healing: validation users of the early-stopping measure")
+    p.add_argument("--val-users", type=int, default=FinetuneConfig.val_users, metavar="N", help="healing: validation users of the early-stopping measure")
     p.add_argument("--slim-steps", type=int, default=None, metavar="N",
                    help="healing steps of the slim models (default --steps: equal examples; about steps x layers / kept: equal compute)")
     p.add_argument("--slim-lr", type=float, default=None, metavar="LR",
@@ -173,8 +174,6 @@ def kept_layers(args: argparse.Namespace, work: Path) -> list[int]:
 def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path | None = None, slim: bool = False):
     """The benchmark's healing recipe for ``model_dir``: the same for full and slim models, the
     teacher's terms (title KD, listwise KD, alignment) only on the distilled row."""
-    from ollama_slim.slimming.finetune import FinetuneConfig
-
     steps = args.slim_steps if slim and args.slim_steps else args.steps
     lr = args.slim_lr if slim and args.slim_lr else args.lr
     distill = {}
@@ -379,7 +378,7 @@ def _budget(cfg: dict, kept: int) -> str:
         budget += f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})."
     if cfg.get("early_stop_patience"):
         measure = {"ndcg": "NDCG@10 (uniform negatives)", "ndcg-both": "NDCG@10 (mean of uniform and popularity negatives)"}.get(cfg["val_measure"], cfg["val_measure"])
-        budget += (f" Each healing stops early on {measure} of {cfg.get('val_users', 32)} validation users, measured every {cfg['eval_every']} steps"
+        budget += (f" Each healing stops early on {measure} of {cfg.get('val_users', FinetuneConfig.val_users)} validation users, measured every {cfg['eval_every']} steps"
                    f" (patience {cfg['early_stop_patience']}; the best step's weights kept).")
     return budget
 
