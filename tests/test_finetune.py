@@ -545,8 +545,13 @@ def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path
 
     monkeypatch.setitem(VAL_MEASURES, "loss", ValMeasure("loss", False, VAL_MEASURES["loss"].rows, scripted))
     config = _config(tiny_llama, tiny_data, tmp_path / "out", steps=20, full=True, lr=1e-3, early_stop_patience=2, eval_every=2)
-    result = ft.finetune(config)
+    progress: list[ft.FinetuneProgress] = []
+    result = ft.finetune(config, on_step=progress.append)
     assert (result.steps, result.best_step, result.stopped_early, len(result.losses)) == (8, 4, True, 8)
+    measured = [(p.step, p.measured, p.best) for p in progress if p.measured is not None]  # what progress bars and logs show
+    assert measured == [(2, 3.0, (2, 3.0)), (4, 2.0, (4, 2.0)), (6, 2.5, (4, 2.0)), (8, 2.6, (4, 2.0))]
+    assert progress[5].describe() == f"step 6/20 loss {progress[5].loss:.3f}, validation 2.5000 (best 2.0000 at step 4)"
+    assert progress[4].describe() == f"step 5/20 loss {progress[4].loss:.3f}"  # no measure after step 5
     assert result.validation == [{"step": 2, "value": 3.0}, {"step": 4, "value": 2.0}, {"step": 6, "value": 2.5}, {"step": 8, "value": 2.6}]
     saved = _weights(result.out_dir)
     assert all(torch.equal(saved[k], seen[4][k]) for k in saved)

@@ -200,7 +200,7 @@ def heal(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher: Path 
         return out
     began = time.perf_counter()
     result = finetune(heal_config(args, model_dir, out, teacher=teacher, slim=slim),
-                      on_step=lambda p: log(f"{out.name} step {p.step}/{p.total} loss {p.loss:.3f}") if p.step % 10 == 0 else None)
+                      on_step=lambda p: log(f"{out.name} {p.describe()}") if p.step % 10 == 0 or p.measured is not None else None)
     seconds = time.perf_counter() - began
     log(f"{out.name}: {result.steps} steps in {seconds:.0f}s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f}")
     summary = {"steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early, "seconds": round(seconds, 1),

@@ -122,12 +122,14 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
     )
     config = _run_recipe(config)
     check_config(config)  # a bad option: one line, before the progress bar
-    columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[val]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
     with live(*columns, transient=as_json) as progress:
-        task = progress.add_task("steps", total=None, loss="-")
+        task = progress.add_task("steps", total=None, loss="-", val="")
 
         def on_step(p) -> None:
-            progress.update(task, total=p.total, completed=p.step, loss=f"{p.loss:.4f}")
+            best = {"val": f"validation best {p.best[1]:.4f} (step {p.best[0]})"} if p.best is not None else {}
+            progress.update(task, total=p.total, completed=p.step, loss=f"{p.loss:.4f}", **best)
 
         result = finetune(config, on_step=on_step)
     if as_json:

@@ -110,7 +110,7 @@ def _run_finetune(config: FinetuneConfig, layout: RunLayout, say: Say) -> None:
     if config.steps == 0:  # no healing: the compact model is the slim one
         _copy_model(Path(config.model), Path(config.out_dir))
         return
-    finetune(config, on_step=lambda p: say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}"))
+    finetune(config, on_step=lambda p: say(f"finetune: {p.describe()}"))
 
 
 def _reference_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig | None:
@@ -119,7 +119,7 @@ def _reference_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig | Non
 
 def _run_reference(config: FinetuneConfig | None, layout: RunLayout, say: Say) -> None:
     if config is not None:
-        finetune(config, on_step=lambda p: say(f"finetune: step {p.step}/{p.total} loss {p.loss:.3f}"))
+        finetune(config, on_step=lambda p: say(f"finetune: {p.describe()}"))
 
 
 # -- export, register, bench -------------------------------------------------------------

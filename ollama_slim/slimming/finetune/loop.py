@@ -123,6 +123,14 @@ def validate(loop: Loop, done: int) -> None:
     loop.early.update(done, value, loop.trainee.params)
 
 
+def _measured(loop: Loop, done: int) -> dict[str, Any]:
+    """The validation measure taken after step ``done`` and the best so far, for the progress callback."""
+    early = loop.early
+    if early is None or not early.history or early.history[-1][0] != done or early.best_step is None:
+        return {}
+    return {"measured": early.history[-1][1], "best": (early.best_step, early.best_value)}
+
+
 def _stopped(loop: Loop) -> bool:
     return loop.early is not None and loop.early.stopped
 
@@ -146,6 +154,7 @@ def run_loop(loop: Loop, *, start: int, losses: list[float], checkpoint_dir: Pat
                     save_checkpoint(checkpoint_dir, step=done, trainee=loop.trainee, optimizer=loop.optimizer, config=loop.config, losses=losses, early=loop.early)
             if on_step is not None:
                 lr = loop.optimizer.param_groups[0]["lr"]
-                on_step(FinetuneProgress(step=done, total=loop.total, loss=losses[-1], lr=lr, seconds=time.perf_counter() - began))
+                on_step(FinetuneProgress(step=done, total=loop.total, loss=losses[-1], lr=lr, seconds=time.perf_counter() - began,
+                                         **_measured(loop, done)))
     model.eval()
     return losses
