@@ -59,3 +59,14 @@ def test_keep10_both_part_guards_both_regimes(tmp_path: Path) -> None:
     assert (keep10.val_measure, keep10.val_users) == ("ndcg", 32)
     same = {k: v for k, v in vars(keep10).items() if k not in ("steps", "slim_steps", "val_measure", "val_users", "checkpoint_every", "out")}
     assert same == {k: v for k, v in vars(both).items() if k in same} and both.out == tmp_path / "gpu" / "keep10-both"
+
+
+def test_keep10_pop_part_changes_only_the_loss(tmp_path: Path) -> None:
+    """PARTS=keep10-pop: keep10's recipe and budget, the ranking loss alone over popularity negatives, ndcg-both stopping."""
+    out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "keep10,keep10-pop"},
+                         capture_output=True, text=True, check=True).stdout
+    keep10, pop = (load_tool("bench_quality").parse_args(shlex.split(line)[2:]) for line in out.splitlines() if line.strip())
+    assert (pop.rank_regimes, pop.rank_weight, pop.val_measure, pop.val_users) == ("popularity", 1.0, "ndcg-both", 32)
+    assert (keep10.rank_regimes, keep10.rank_weight) == ("uniform,popularity", 0.5)
+    same = {k: v for k, v in vars(keep10).items() if k not in ("rank_regimes", "rank_weight", "val_measure", "val_users", "out")}
+    assert same == {k: v for k, v in vars(pop).items() if k in same} and pop.out == tmp_path / "gpu" / "keep10-pop"
