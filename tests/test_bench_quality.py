@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     report = bench.main(["--model", str(tiny_llama), "--data", str(amazon_dir), "--kept", "ranked:3", "--select-users", "4", "--test-users", "4", "--valid-users", "2",
                          "--steps", "2", "--slim-steps", "3", "--batch-size", "2", "--rank-negatives", "2", "--rank-regimes", "uniform,popularity",
                          "--listwise-weight", "1", "--align-weight", "0.5", "--outtype", "f32", "--skip", "plain-drop,bridged-unhealed",
-                         "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--cross-data", "movielens-100k", "--out", str(out)])
+                         "--mixed-precision", "no", "--dtype", "float32", "--calib-tokens", "256", "--cross-data", "movielens-100k",
+                         "--generate-users", "3", "--out", str(out)])
     assert len(report["kept_layers"]) == 3 and report["kept_layers"] == sorted(report["kept_layers"])  # selected on validation users
     healing = report["healing"]
     assert healing["full fine-tuned"]["steps"] == 2
@@ -82,7 +84,13 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     cross = report["cross"]["regimes"]["uniform"]["models"]
     assert set(cross) == set(models)  # every model scored on the other domain's users too
     assert cross["zero-shot full"]["ndcg@10"] != models["zero-shot full"]["ndcg@10"]
+    asked = report["generation"]  # every GGUF row and both full models, asked in chat through llama.cpp
+    assert list(asked) == ["zero-shot full (f32 GGUF, llama.cpp)", "full fine-tuned (f32 GGUF, llama.cpp)",
+                           "slim mlp-fold + healed (f32 GGUF, llama.cpp)", "slim mlp-fold + healed + distilled (f32 GGUF, llama.cpp)"]
+    assert all(row["users"] == 3 and 0 <= row["figures"]["title"]["mean"] <= 1 and len(row["examples"]) == 3 for row in asked.values())
+    assert len({row["gguf"] for row in asked.values()}) == 4
     text = out.with_suffix(".md").read_text()
+    assert "## asked in chat (3 test users" in text and "Example 3, slim mlp-fold + healed + distilled" in text
     assert "cross-domain: " in text
     assert "listwise KD over the candidates (weight 1.0" in text and "the slim models 3 steps" in text
 
@@ -183,3 +191,44 @@ def test_early_stopping_settings_reach_both_healings_and_the_report(bench, tmp_p
     assert "stops early" not in bench._budget(vars(bench.parse_args([])), 10)
     assert bench.heal_config(bench.parse_args([]), tmp_path, tmp_path / "ft-full").val_users == 32  # finetune's own default
     assert bench.heal_config(bench.parse_args(["--checkpoint-every", "200"]), tmp_path, tmp_path / "ft-full").checkpoint_every == 200
+
+
+def test_the_chat_format_reaches_healing_and_scoring(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """``--task-format chat``: both healings train on the prompt `ollama run` renders, and the rows are
+    scored in it (the same ranking ``eval --task-format chat`` gives), not in the raw listing."""
+    from ollama_slim.recsys.evaluate import evaluate
+    from ollama_slim.recsys.metrics import per_user_metrics
+
+    args = bench.parse_args(["--task-format", "chat", "--answers", "4", "--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32"])
+    for config in (bench.heal_config(args, tmp_path, tmp_path / "ft-full"), bench.heal_config(args, tmp_path, tmp_path / "slim", teacher=tmp_path, slim=True)):
+        assert (config.task_format, config.answers) == ("chat", 4)
+    dataset = load_dataset(args.data)
+    chat = bench.scores_of("tiny", tiny_llama, args, dataset, tmp_path / "chat")
+    raw = bench.scores_of("tiny", tiny_llama, bench.parse_args(["--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32"]), dataset, tmp_path / "raw")
+    assert not np.allclose(chat["test/uniform"], raw["test/uniform"], atol=1e-3)
+    config = bench.eval_config(args, split="test", regime="uniform")
+    alone = evaluate(str(tiny_llama), replace(config, resamples=10))
+    np.testing.assert_allclose(per_user_metrics(chat["test/uniform"])["rank"], alone.per_user["rank"])
+    assert "chat prompt (the model's template" in bench._format(vars(args)) and "4 answers per prompt" in bench._format(vars(args))
+    assert bench._format(vars(bench.parse_args([]))) == ""
+    bench.check_work(bench.parse_args([]), tmp_path / "w", defaults=vars(bench.parse_args([])))
+    with pytest.raises(SystemExit, match="task_format"):  # the chat format changes every healed model and score
+        bench.check_work(args, tmp_path / "w", defaults=vars(bench.parse_args([])))
+
+
+def test_asking_in_chat_needs_a_gguf_and_reports_each_model(bench, capsys) -> None:
+    """``--generate-users`` asks the GGUFs: refused without an --outtype; its table holds every model's shares
+    and the last row's conversations."""
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--generate-users", "10", "--outtype", "none"])
+    assert "--outtype" in capsys.readouterr().err
+    iv = lambda m: {"mean": m, "low": m - 0.1, "high": m + 0.1}  # noqa: E731
+    cfg = {"max_tokens": 32, "phrasings": ["next", "own"]}
+    example = {"user": 7, "phrasing": "own", "message": "I bought A and B. What next?", "answer": "C (2010)", "match": "C", "target": False, "listed": False}
+    generation = {name: {"users": 10, "config": cfg, "figures": {"title": iv(t), "new_title": iv(t - 0.2), "target": iv(0.1)}, "distinct": d,
+                         "top_answer": {"answer": "C (2010)", "users": 3}, "examples": [example]}
+                  for name, t, d in (("full fine-tuned (q8_0 GGUF, llama.cpp)", 0.9, 0.5), ("slim (q8_0 GGUF, llama.cpp)", 0.6, 0.3))}
+    text = "\n".join(bench._generation_lines(generation))
+    assert "| full fine-tuned (q8_0 GGUF, llama.cpp) | 0.900 [0.800, 1.000] | 0.700 [0.600, 0.800] | 0.100 [0.000, 0.200] | 0.500 |" in text
+    assert "| slim (q8_0 GGUF, llama.cpp) | 0.600 [0.500, 0.700] |" in text and "10 test users" in text
+    assert "Example 1, slim (q8_0 GGUF, llama.cpp) (own), user 7" in text and "-> C (2010)" in text and "'C'." in text

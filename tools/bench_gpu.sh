@@ -19,6 +19,10 @@
 #          regimes on the CPU (400 x 8: +0.074 uniform, +0.092 popularity over zero-shot): the ranking loss
 #          alone (--rank-weight 1) over popularity-weighted negatives only, early-stopped on ndcg-both of 32
 #          validation users; about keep10's 7 minutes of H200 plus the validation
+# keep10-chat  (not in the default PARTS) keep10-pop in the format that ships: healing and scoring on the prompt
+#          `ollama run` renders (the chat template and the task's system message, the title as the answer), 4 answers
+#          per prompt, and 200 test users asked in chat through llama.cpp (each GGUF and both full models): one
+#          model measured for the ranking bar and the chat bar at once. Unmeasured; the chat rows run on the CPU
 #
 # Parts (each caches its models and scores under OUT/<part>-work, so a stopped run continues):
 #   quality  SmolLM2-135M keep 10 of 30 on Amazon Electronics, both negative regimes, every row
@@ -67,6 +71,10 @@ fi
 if want keep10-pop; then
   run python tools/bench_quality.py "${KEEP10[@]}" --steps 400 --slim-steps 1200 --rank-regimes popularity --rank-weight 1 \
     --val-measure ndcg-both --val-users 32 --out "$OUT/keep10-pop"
+fi
+if want keep10-chat; then
+  run python tools/bench_quality.py "${KEEP10[@]}" --steps 400 --slim-steps 1200 --rank-regimes popularity --rank-weight 1 \
+    --val-measure ndcg-both --val-users 32 --task-format chat --answers 4 --generate-users 200 --out "$OUT/keep10-chat"
 fi
 if want quality; then
   run python tools/bench_quality.py "${RECIPE[@]}" --data "$AMAZON" --cross-data movielens-100k --out "$OUT/quality"

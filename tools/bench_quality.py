@@ -33,8 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from ollama_slim.recsys.data import load_dataset  # noqa: E402
 from ollama_slim.recsys.evaluate import EvalConfig, popularity_scores, prepare_cases, score_cases  # noqa: E402
+from ollama_slim.recsys.prompt import TASK_FORMATS  # noqa: E402
 from ollama_slim.recsys.metrics import bootstrap_interval, paired_bootstrap_diff, per_user_metrics, random_baseline  # noqa: E402
 from ollama_slim.recsys.retained import retained_on_lift  # noqa: E402
+from ollama_slim.ollama.modelfile import chat_prompt_of  # noqa: E402
 from ollama_slim.slimming.finetune.config import FinetuneConfig  # noqa: E402
 
 DEFAULT_KEPT = "0,1,2,3,4,11,19,24,28,29"
@@ -94,13 +96,26 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
     p.add_argument("--cross-users", type=int, default=None, metavar="N", help="test users of --cross-data (default --test-users)")
     p.add_argument("--outtype", default="q8_0", help="also score each healed slim model as the GGUF it ships as, through llama.cpp (none: skip)")
+    p.add_argument("--task-format", default="completion", choices=TASK_FORMATS,
+                   help="the prompt of healing and scoring: completion (a raw listing) or chat (as `ollama run` renders it: "
+                        "the model's template and the task's system message, each title as the answer, closed by end-of-turn)")
+    p.add_argument("--answers", type=int, default=1, metavar="N", help="healing: each prompt also trained on the user's next N-1 train items as answers")
+    p.add_argument("--generate-users", type=int, default=0, metavar="N",
+                   help="also ask N test users in chat, as `ollama run` does: each GGUF row and the full models (exported at --outtype), "
+                        "greedy through llama.cpp; shares of catalogue titles, titles not listed, targets and distinct answers (0: off)")
     p.add_argument("--skip", default="", help="leave out: zero-shot, plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return resolve_precision(parser().parse_args(argv))
+    p = parser()
+    args = p.parse_args(argv)
+    if args.generate_users < 0 or args.answers < 1:
+        p.error("--generate-users cannot be negative and --answers must be at least 1")
+    if args.generate_users and args.outtype == "none":
+        p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
+    return resolve_precision(args)
 
 
 def resolve_precision(args: argparse.Namespace) -> argparse.Namespace:
@@ -186,7 +201,7 @@ def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher
         batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=args.checkpoint_every,
         rank_negatives=args.rank_negatives, rank_weight=args.rank_weight, rank_regimes=tuple(args.rank_regimes.split(",")),
         popularity_debias=args.popularity_debias, early_stop_patience=args.early_stop_patience, eval_every=args.eval_every, val_measure=args.val_measure,
-        val_users=args.val_users,
+        val_users=args.val_users, task_format=args.task_format, answers=args.answers,
         mixed_precision=args.mixed_precision, **distill,
     )
 
@@ -235,7 +250,8 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 
 def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalConfig:
     users = args.test_users if split == "test" else args.valid_users
-    return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words)
+    return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words,
+                      task_format=args.task_format)
 
 
 def _joint_cases(dataset, per_regime: list[list]) -> list:
@@ -255,11 +271,12 @@ def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dic
             for key, model_dir in found.items() if key.startswith("slim") and "healed" in key}
 
 
-def export(args: argparse.Namespace, model_dir: Path, work: Path) -> Path:
-    """``model_dir`` as a GGUF at ``--outtype`` (exported and checked in llama.cpp once; cached)."""
+def export(args: argparse.Namespace, model_dir: Path, work: Path, *, name: str | None = None) -> Path:
+    """``model_dir`` as a GGUF at ``--outtype``, named ``name`` (default the directory's; exported and
+    checked in llama.cpp once; cached)."""
     from ollama_slim.gguf.export import ExportConfig, export_gguf
 
-    gguf = work / "gguf" / f"{model_dir.name}-{args.outtype}.gguf"
+    gguf = work / "gguf" / f"{name or model_dir.name}-{args.outtype}.gguf"
     if not gguf.is_file():
         gguf.parent.mkdir(parents=True, exist_ok=True)
         export_gguf(ExportConfig(model_dir=model_dir, outtype=args.outtype, out=gguf))
@@ -280,19 +297,25 @@ def _scorer(model: Path, args: argparse.Namespace):
     return TransformersScorer(model=model, tokenizer=tokenizer, batch=20 * len(REGIMES))
 
 
+def _file_key(key: str) -> str:
+    """A row's name as a file name."""
+    return key.replace(" ", "_").replace(",", "").replace("+", "plus").replace("(", "").replace(")", "")
+
+
 def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path, *, splits: tuple[str, ...] = ("test", "valid")) -> dict[str, np.ndarray]:
     """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF, on ``splits``
     (cached as .npz)."""
-    cache = work / "scores" / (key.replace(" ", "_").replace(",", "").replace("+", "plus").replace("(", "").replace(")", "") + ".npz")
+    cache = work / "scores" / f"{_file_key(key)}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     scorer = _scorer(model_dir, args)
+    chat = chat_prompt_of(model_dir) if args.task_format == "chat" else None  # a GGUF's own template, as Ollama reads it
     out = {}
     for split in splits:
         began = time.perf_counter()
         config = eval_config(args, split=split, regime=REGIMES[0])
         both = _joint_cases(dataset, [prepare_cases(dataset, eval_config(args, split=split, regime=r)) for r in REGIMES])
-        joint, _ = score_cases(scorer, dataset, both, config,
+        joint, _ = score_cases(scorer, dataset, both, config, prompt=config.prompt_config(chat),
                                progress=lambda done, total: log(f"{key} {split}: {done}/{total} users") if done % 100 == 0 and done < total else None)
         for n, regime in enumerate(REGIMES):  # columns of regime n: its 20 candidates, target first
             out[f"{split}/{regime}"] = joint[:, 20 * n : 20 * (n + 1)]
@@ -397,7 +420,7 @@ def markdown(report: dict) -> str:
     lines = [f"# Quality: {cfg['model']} full vs keep {len(kept)} ({cfg['bridge']}; layers {','.join(map(str, kept))})", "",
              f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
-             f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}, mixed precision {cfg['mixed_precision']}; "
+             f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}{_format(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
              "", _distill_recipe(cfg) + " " + _budget(cfg, len(kept)) + _cut_from(cfg)]
     for key, heal in report.get("healing", {}).items():
@@ -421,7 +444,35 @@ def markdown(report: dict) -> str:
         lines.append(f"| random | {rep['random_ndcg@10']:.3f} | 0.500 | | | | | |")
         if "full_finetuned_minus_zero_shot" in rep:
             lines += ["", f"Full fine-tuned minus zero-shot full: {_fmt(rep['full_finetuned_minus_zero_shot'])} (paired bootstrap)."]
+    if "generation" in report:
+        lines += _generation_lines(report["generation"])
     return "\n".join(lines) + "\n"
+
+
+def _format(cfg: dict) -> str:
+    """The task format in words (nothing for the raw completion prompt), with the answers per prompt."""
+    answers = f", {cfg['answers']} answers per prompt" if cfg.get("answers", 1) > 1 else ""
+    if cfg.get("task_format", "completion") == "completion":
+        return answers
+    return f", chat prompt (the model's template and the task's system message, the title as the answer){answers}"
+
+
+def _generation_lines(generation: dict) -> list[str]:
+    """The chat table (shares of users, 95% intervals) and the last row's example conversations."""
+    first = next(iter(generation.values()))
+    lines = ["", f"## asked in chat ({first['users']} test users, greedy answers of <= {first['config']['max_tokens']} tokens through llama.cpp; "
+                 f"phrasings {', '.join(first['config']['phrasings'])})", "",
+             "| model | a catalogue title | a title not listed | the target | distinct answers | most common answer |",
+             "| --- | --- | --- | --- | ---: | --- |"]
+    for key, res in generation.items():
+        f, top = res["figures"], res["top_answer"]
+        lines.append(f"| {key} | {_fmt(f['title'])} | {_fmt(f['new_title'])} | {_fmt(f['target'])} | {res['distinct']:.3f} | "
+                     f"{top['answer'][:40]!r} x {top['users']} |")
+    key, last = list(generation.items())[-1]
+    for n, ex in enumerate(last["examples"], start=1):
+        verdict = (f"{ex['match']!r}" + (" (the target)" if ex["target"] else " (listed by the user)" if ex["listed"] else "")) if ex["match"] else "no catalogue title"
+        lines += ["", f"Example {n}, {key} ({ex['phrasing']}), user {ex['user']}:", "", "```", ex["message"], f"-> {ex['answer']}", "```", f"{verdict}."]
+    return lines
 
 
 def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = None) -> None:
@@ -454,6 +505,31 @@ def cross_domain(args: argparse.Namespace, found: dict[str, Path], work: Path) -
     return {"data": args.cross_data, "test_users": there.test_users, "regimes": {regime: regime_report(regime, scores, there, dataset) for regime in REGIMES}}
 
 
+def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Path], work: Path) -> dict | None:
+    """``--generate-users`` test users asked in chat the way ``ollama run`` asks (each GGUF's template
+    and the task's system message; greedy answers through llama.cpp): every GGUF row, and the full
+    models exported at ``--outtype`` for it. Cached per model; ``None`` when off."""
+    if not args.generate_users:
+        return None
+    from ollama_slim.recsys.generation import GenerationConfig, evaluate_generation
+
+    targets = {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(found[key]), work, name=_file_key(key))
+               for key in ("zero-shot full", "full fine-tuned") if key in found}
+    config = GenerationConfig(cases=EvalConfig(data=args.data, split="test", users=args.generate_users, history=args.history,
+                                               title_words=args.title_words))  # the message is the chat's own (phrasings)
+    out = {}
+    for key, gguf in (targets | ggufs).items():
+        cache = work / "generation" / f"{_file_key(key)}-{args.generate_users}.json"
+        if not cache.is_file():
+            began = time.perf_counter()
+            result = evaluate_generation(gguf, config, progress=lambda done, total: log(f"{key} asked: {done}/{total} users") if done % 100 == 0 and done < total else None)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(result.to_json(per_user=False), indent=2) + "\n")
+            log(f"asked {key} in chat ({args.generate_users} users) in {time.perf_counter() - began:.0f}s")
+        out[key] = json.loads(cache.read_text())
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     work = args.out.with_name(args.out.name + "-work")
@@ -461,15 +537,18 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = load_dataset(args.data)
     began = time.perf_counter()
     found = models(args, work)
-    found |= shipped(args, found, work)
+    ggufs = shipped(args, found, work)
+    found |= ggufs
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
     cross = cross_domain(args, found, work)
+    generation = asked(args, found, ggufs, work)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "kept_layers": kept_layers(args, work),
               "models": {k: str(v) for k, v in found.items()},
               "healing": {k: json.loads((Path(v) / "heal.json").read_text()) for k, v in found.items() if (Path(v) / "heal.json").is_file()},
               "regimes": {regime: regime_report(regime, scores, args, dataset) for regime in REGIMES},
               **({"cross": cross} if cross else {}),
+              **({"generation": generation} if generation else {}),
               "seconds": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
