@@ -42,6 +42,7 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     bench.check_work(bench.parse_args(["--steps", "10"]), work)
     bench.check_work(bench.parse_args(["--steps", "10", "--skip", "distilled"]), work)  # what is skipped changes no result
     bench.check_work(bench.parse_args(["--steps", "10", "--outtype", "none"]), work)  # GGUF rows are added or left out
+    bench.check_work(bench.parse_args(["--steps", "10", "--generate-users", "5"]), work)  # so are the chat answers
     with pytest.raises(SystemExit, match="other settings .*steps"):
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
 

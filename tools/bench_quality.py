@@ -478,9 +478,10 @@ def _generation_lines(generation: dict) -> list[str]:
 def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = None) -> None:
     """The work directory caches models and scores by name: refuse one made with another recipe
     (what only adds or leaves out rows, reports or keeps, is not part of it: the GGUF rows of
-    ``--outtype`` are cached under names that hold it; nor is how often healing checkpoints, nor an
+    ``--outtype`` and the chat answers of ``--generate-users`` are cached under names that hold
+    them; nor is how often healing checkpoints, nor an
     option added since, while it is at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every")
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
