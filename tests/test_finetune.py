@@ -534,6 +534,45 @@ def test_validation_measures_on_the_tiny_model(tiny_llama: Path, tiny_data: Path
     assert both(model) == pytest.approx(float(expected_both), abs=1e-6)
 
 
+def test_the_answer_measure_counts_distinct_titles_the_users_did_not_list(tiny_llama: Path, tiny_data: Path) -> None:
+    """``--val-measure answer``: greedy answers to the training prompts; a listed title, a repeated one and
+    text that names no item add nothing; the tiny model's own answers give a share in [0, 1]."""
+    from ollama_slim.models.modeling import load
+    from ollama_slim.recsys.data import load_dataset
+    from ollama_slim.slimming.finetune.validation import make_validator, validation_answers
+
+    model, tokenizer = load(tiny_llama)
+    dataset = load_dataset(str(tiny_data))
+    config = _config(tiny_llama, tiny_data, None, early_stop_patience=2, val_users=5, batch_size=2)
+    asked = make_validator(replace(config, val_measure="answer"), dataset, tokenizer)
+    loss = make_validator(config, dataset, tokenizer)
+    assert [q.prompt for q in asked.rows] == [p for p, _ in loss.rows] and all(q.listed for q in asked.rows)
+    unlisted = [sorted(set(dataset.titles) - set(q.listed)) for q in asked.rows]
+    listed_title = dataset.titles[asked.rows[2].listed[0]]
+    new = dataset.titles[min(set(unlisted[0]) & set(unlisted[1]))]  # new to the first two users alike
+    other = next(dataset.titles[i] for i in unlisted[4] if dataset.titles[i] != new)
+    script = iter([new, new, listed_title, "zzz qqq", other])
+
+    class Scripted:
+        def get_input_embeddings(self):
+            return model.get_input_embeddings()
+
+        def generate(self, input_ids, **_):
+            answer = tokenizer(next(script) + "\n", add_special_tokens=False)["input_ids"]
+            return torch.cat([input_ids, torch.tensor([answer])], dim=1)
+
+    assert validation_answers(Scripted(), asked.rows, batch=2) == pytest.approx(2 / 5)
+    value = asked(model)
+    assert 0.0 <= value <= 1.0 and model.training is False
+    from ollama_slim.ollama.modelfile import chat_prompt_of
+
+    chat = chat_prompt_of(tiny_llama)
+    in_chat = make_validator(replace(config, val_measure="answer", task_format="chat", chat=chat), dataset, tokenizer)
+    judge = in_chat.rows[0].judge
+    assert judge.end == chat.end and tokenizer.convert_tokens_to_ids(chat.end) in judge.stops  # an answer ends with its turn
+    assert all(q.prompt != p.prompt for q, p in zip(in_chat.rows, asked.rows)) and 0.0 <= in_chat(model) <= 1.0
+
+
 def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ollama_slim.slimming.finetune.validation import VAL_MEASURES, ValMeasure
 

@@ -80,7 +80,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", action="store_true", help="distilled row: the teacher's outputs cached on disk (draws negatives once per example)")
     p.add_argument("--early-stop-patience", type=int, default=0, metavar="N", help="healing: stop after N validation measures without a better one (0: every step)")
     p.add_argument("--eval-every", type=int, default=50, help="healing: steps between validation measures")
-    p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure (ndcg: uniform negatives; ndcg-both: both regimes)")
+    p.add_argument("--val-measure", default="ndcg", help="healing: the early-stopping measure (ndcg: uniform negatives; ndcg-both: both regimes; answer: distinct new titles in greedy answers)")
     p.add_argument("--checkpoint-every", type=int, default=25, metavar="N", help="healing: steps between resumable checkpoints (a full model's is weights and optimizer state)")
     p.add_argument("--val-users", type=int, default=FinetuneConfig.val_users, metavar="N", help="healing: validation users of the early-stopping measure")
     p.add_argument("--slim-steps", type=int, default=None, metavar="N",
@@ -400,7 +400,8 @@ def _budget(cfg: dict, kept: int) -> str:
     if cfg.get("slim_lr"):
         budget += f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})."
     if cfg.get("early_stop_patience"):
-        measure = {"ndcg": "NDCG@10 (uniform negatives)", "ndcg-both": "NDCG@10 (mean of uniform and popularity negatives)"}.get(cfg["val_measure"], cfg["val_measure"])
+        measure = {"ndcg": "NDCG@10 (uniform negatives)", "ndcg-both": "NDCG@10 (mean of uniform and popularity negatives)",
+                   "answer": "the distinct catalogue titles, not listed by the user, that greedy answers name per user"}.get(cfg["val_measure"], cfg["val_measure"])
         budget += (f" Each healing stops early on {measure} of {cfg.get('val_users', FinetuneConfig.val_users)} validation users, measured every {cfg['eval_every']} steps"
                    f" (patience {cfg['early_stop_patience']}; the best step's weights kept).")
     return budget

@@ -53,7 +53,8 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--eval-every", type=int, default=_DEFAULTS["eval_every"], show_default=True, metavar="N", help="Measure on validation users every N steps (with --early-stop-patience).")
 @click.option("--val-measure", type=RegistryChoice(VAL_MEASURES), default=_DEFAULTS["val_measure"], show_default=True,
               help="Validation measure: the title loss, NDCG@10 among --val-negatives uniform negatives (ndcg), or the mean "
-                   "of NDCG@10 among uniform and among popularity-weighted negatives (ndcg-both).")
+                   "of NDCG@10 among uniform and among popularity-weighted negatives (ndcg-both), or the distinct catalogue titles "
+                   "not in the user's list that greedy answers name, per user (answer: the generation-mode measure).")
 @click.option("--val-users", type=int, default=_DEFAULTS["val_users"], show_default=True, help="Validation users (seeded draw).")
 @click.option("--val-negatives", type=int, default=_DEFAULTS["val_negatives"], show_default=True, help="Negatives per validation user (and regime) for --val-measure ndcg or ndcg-both.")
 @click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")

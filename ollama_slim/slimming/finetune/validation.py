@@ -5,7 +5,10 @@ the validation targets (lower is better); ``ndcg``, NDCG@10 of each validation t
 ``val_negatives`` uniform negatives, scored like evaluation scores them (higher is better);
 ``ndcg-both``, the same over uniform and popularity-weighted negatives alike (each user once
 per regime), so that the best step is not one that trades the popularity regime for the
-uniform one. The validation rows are encoded once. :class:`EarlyStop` keeps the measures, the best step
+uniform one; ``answer``, the generation-mode measure: each validation user's greedy answer to
+the training prompt (in the chat format, what ``ollama run`` asks), and the number of distinct
+catalogue titles the users did not list, per user (higher is better: 1 when every user gets a
+title of their own, 1/N when all get the same one, 0 when none is a title). The validation rows are encoded once. :class:`EarlyStop` keeps the measures, the best step
 and a copy of its trainable tensors, and says when ``patience`` measures in a row brought
 nothing better; its state goes into every checkpoint, so a resumed run stops where an
 uninterrupted one does.
@@ -99,6 +102,66 @@ def validation_ndcg(model: Any, rows: list[Row], *, batch: int, pad_id: int = 0)
 
 # Every user has one row per regime, so the mean over the rows is the mean of the regimes' means.
 register_measure("ndcg-both", higher_is_better=True, rows=both_regimes_rows)(validation_ndcg)
+
+
+@dataclass(frozen=True)
+class AnswerJudge:
+    """What turns a validation prompt into a verdict: greedy decoding until one of ``stops``
+    (at most ``max_tokens``), the answer read as text and matched against the catalogue."""
+
+    tokenizer: Any
+    index: Any  # recsys.titles.TitleIndex
+    stops: tuple[int, ...]
+    end: str | None  # the chat format's end of turn, where the answer's text stops
+    max_tokens: int = 32
+
+    @torch.no_grad()
+    def answer(self, model: Any, prompt: list[int]) -> str:
+        device = model.get_input_embeddings().weight.device
+        ids = torch.tensor([prompt], device=device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_tokens, do_sample=False,
+                             eos_token_id=list(self.stops) or None, pad_token_id=self.tokenizer.pad_token_id or 0,
+                             temperature=None, top_p=None, top_k=None)
+        text = self.tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=False)
+        return text.split(self.end)[0] if self.end else text
+
+
+@dataclass(frozen=True)
+class Question:
+    """One validation user asked: the prompt's token ids, the items it lists, and the judge."""
+
+    prompt: list[int]
+    listed: tuple[int, ...]
+    judge: AnswerJudge
+
+
+def question_rows(config: FinetuneConfig, dataset: Any, tokenizer: Any) -> list[Question]:
+    """Each validation example's prompt, as healing renders it (the chat format's is what `ollama run` sends)."""
+    from ollama_slim.recsys.prompt import shown_items
+    from ollama_slim.recsys.titles import TitleIndex
+    from ollama_slim.slimming.finetune.data import prompt_config
+
+    found = _valid_examples(config, dataset)
+    end = config.chat.end if config.task_format == "chat" and config.chat is not None else None
+    stops = {tokenizer.eos_token_id} | {ids[0] for text in (end, "\n") if text
+                                        for ids in [tokenizer(text, add_special_tokens=False)["input_ids"]] if len(ids) == 1}
+    judge = AnswerJudge(tokenizer=tokenizer, index=TitleIndex(dataset.titles, words=config.title_words), stops=tuple(sorted(stops - {None})), end=end)
+    prompt = prompt_config(config)
+    return [Question(prompt=row[0], listed=tuple(shown_items(example, prompt)), judge=judge)
+            for example, row in zip(found, encode_rows(tokenizer, dataset, found, config))]
+
+
+@register_measure("answer", higher_is_better=True, rows=question_rows)
+def validation_answers(model: Any, rows: list[Question], *, batch: int, pad_id: int = 0) -> float:
+    """Distinct catalogue titles that the users did not list, per user, among the greedy answers."""
+    from ollama_slim.recsys.titles import same_items
+
+    named = set()
+    for question in rows:
+        match = question.judge.index.match(question.judge.answer(model, question.prompt))
+        if match.items and not same_items(match, question.listed):
+            named.add(match.label)
+    return len(named) / max(1, len(rows))
 
 
 @dataclass
