@@ -401,7 +401,7 @@ def _budget(cfg: dict, kept: int) -> str:
         budget += f" The slim models' peak learning rate is {cfg['slim_lr']:g} (the full model's {cfg['lr']:g})."
     if cfg.get("early_stop_patience"):
         measure = {"ndcg": "NDCG@10 (uniform negatives)", "ndcg-both": "NDCG@10 (mean of uniform and popularity negatives)",
-                   "answer": "the distinct catalogue titles, not listed by the user, that greedy answers name per user"}.get(cfg["val_measure"], cfg["val_measure"])
+                   "answer": "distinct new catalogue titles per user in greedy answers"}.get(cfg["val_measure"], cfg["val_measure"])
         budget += (f" Each healing stops early on {measure} of {cfg.get('val_users', FinetuneConfig.val_users)} validation users, measured every {cfg['eval_every']} steps"
                    f" (patience {cfg['early_stop_patience']}; the best step's weights kept).")
     return budget
