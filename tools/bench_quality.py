@@ -460,6 +460,8 @@ def _format(cfg: dict) -> str:
 
 def _generation_lines(generation: dict) -> list[str]:
     """The chat table (shares of users, 95% intervals) and the last row's example conversations."""
+    from ollama_slim.recsys.generation import verdict
+
     first = next(iter(generation.values()))
     lines = ["", f"## asked in chat ({first['users']} test users, greedy answers of <= {first['config']['max_tokens']} tokens through llama.cpp; "
                  f"phrasings {', '.join(first['config']['phrasings'])})", "",
@@ -471,8 +473,7 @@ def _generation_lines(generation: dict) -> list[str]:
                      f"{top['answer'][:40]!r} x {top['users']} |")
     key, last = list(generation.items())[-1]
     for n, ex in enumerate(last["examples"], start=1):
-        verdict = (f"{ex['match']!r}" + (" (the target)" if ex["target"] else " (listed by the user)" if ex["listed"] else "")) if ex["match"] else "no catalogue title"
-        lines += ["", f"Example {n}, {key} ({ex['phrasing']}), user {ex['user']}:", "", "```", ex["message"], f"-> {ex['answer']}", "```", f"{verdict}."]
+        lines += ["", f"Example {n}, {key} ({ex['phrasing']}), user {ex['user']}:", "", "```", ex["message"], f"-> {ex['answer']}", "```", f"{verdict(ex)}."]
     return lines
 
 

@@ -146,7 +146,7 @@ _FIGURE_NAMES = {"title": "a catalogue title", "new_title": "a title not listed"
 
 def _generate(model: str, config: GenerationConfig, *, ranks: Path | None, as_json: bool, per_user: bool) -> None:
     """The generation-mode measure, shown."""
-    from ollama_slim.recsys.generation import evaluate_generation
+    from ollama_slim.recsys.generation import evaluate_generation, verdict
 
     with live(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=as_json) as bar:
         task = bar.add_task(f"{model} on {config.cases.data} ({config.cases.split}, generate)", total=None)
@@ -157,10 +157,9 @@ def _generate(model: str, config: GenerationConfig, *, ranks: Path | None, as_js
     Console().print(_generation_table(result))
     console = Console(stderr=True)
     for n, ex in enumerate(result.examples, start=1):
-        verdict = f"{ex['match']!r}" + (" (the target)" if ex["target"] else " (listed by the user)" if ex["listed"] else "") if ex["match"] else "no catalogue title"
         console.print(f"[bold]example {n}[/] ({ex['phrasing']}), user {ex['user']}:", markup=True)
         console.print(ex["message"], markup=False)
-        console.print(f"-> {ex['answer']!r}: {verdict}", markup=False)
+        console.print(f"-> {ex['answer']!r}: {verdict(ex)}", markup=False)
     if result.seconds > 0:
         console.print(f"generated {result.tokens} tokens in {result.seconds:.1f}s; template, system and stops from {result.chat.source}", markup=False)
 

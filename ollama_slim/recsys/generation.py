@@ -217,6 +217,14 @@ def pick_examples(rows: list[dict[str, Any]], turns: list[Turn], n: int) -> list
     return [{"message": turns[i].message, **{k: rows[i][k] for k in keys}} for i in order[:n]]
 
 
+def verdict(example: dict[str, Any]) -> str:
+    """What an example conversation's answer was, in words: the title it names (the target, or one the
+    user listed), or that it names none."""
+    if not example["match"]:
+        return "no catalogue title"
+    return f"{example['match']!r}" + (" (the target)" if example["target"] else " (listed by the user)" if example["listed"] else "")
+
+
 def _figures(rows: list[dict[str, Any]], top10: np.ndarray | None, config: EvalConfig) -> dict[str, Interval]:
     values = {name: np.array([float(r[name]) for r in rows]) for name in FIGURES[:3]}
     if top10 is not None:
@@ -274,4 +282,4 @@ def evaluate_generation(model: str | Path, config: GenerationConfig, *, ranks: E
     return result
 
 
-__all__ = ["FIGURES", "Answerer", "GenerationConfig", "GenerationResult", "Turn", "ask", "evaluate_generation", "judge", "model_gguf", "ranked_top10"]
+__all__ = ["FIGURES", "Answerer", "GenerationConfig", "GenerationResult", "Turn", "ask", "evaluate_generation", "judge", "model_gguf", "ranked_top10", "verdict"]
