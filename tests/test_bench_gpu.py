@@ -73,11 +73,12 @@ def test_keep10_pop_part_changes_only_the_loss(tmp_path: Path) -> None:
 
 
 def test_keep10_chat_part_is_keep10_pop_in_the_shipped_format(tmp_path: Path) -> None:
-    """PARTS=keep10-chat: keep10-pop's recipe, healed and scored on the chat prompt, 4 answers a prompt, 200 users asked in chat."""
+    """PARTS=keep10-chat: keep10-pop's recipe, healed and scored on the chat prompt, 4 answers a prompt, 200 users asked in chat,
+    with some title loss left (at rank weight 1 the answers would not be trained at all)."""
     out = subprocess.run(["bash", str(TOOLS / "bench_gpu.sh"), str(tmp_path / "gpu")], env={**os.environ, "DRY_RUN": "1", "PARTS": "keep10-pop,keep10-chat"},
                          capture_output=True, text=True, check=True).stdout
     pop, chat = (load_tool("bench_quality").parse_args(shlex.split(line)[2:]) for line in out.splitlines() if line.strip())
-    assert (chat.task_format, chat.answers, chat.generate_users) == ("chat", 4, 200)
-    assert (pop.task_format, pop.answers, pop.generate_users) == ("completion", 1, 0)
-    same = {k: v for k, v in vars(pop).items() if k not in ("task_format", "answers", "generate_users", "out")}
+    assert (chat.task_format, chat.answers, chat.generate_users) == ("chat", 4, 200) and 0.5 <= chat.rank_weight < 1
+    assert (pop.task_format, pop.answers, pop.generate_users, pop.rank_weight) == ("completion", 1, 0, 1)
+    same = {k: v for k, v in vars(pop).items() if k not in ("task_format", "answers", "generate_users", "rank_weight", "out")}
     assert same == {k: v for k, v in vars(chat).items() if k in same} and chat.out == tmp_path / "gpu" / "keep10-chat"
