@@ -75,6 +75,7 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     healing = json.loads((config.run_dir / "finetune.json").read_text())
     assert healing["teacher"]["forwards"] > 0  # distilled from the original (listwise KD, alignment)
     assert "distilled from the original" in report
+    assert not list(config.run_dir.glob("*.checkpoints")) and not (config.run_dir / "finetune").exists()  # healed: checkpoints dropped
     for path in config.run_dir.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".md", ""}:
             assert SECRET not in path.read_text(errors="ignore"), path

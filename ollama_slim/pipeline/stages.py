@@ -110,7 +110,15 @@ def _run_finetune(config: FinetuneConfig, layout: RunLayout, say: Say) -> None:
     if config.steps == 0:  # no healing: the compact model is the slim one
         _copy_model(Path(config.model), Path(config.out_dir))
         return
-    finetune(config, on_step=lambda p: say(f"finetune: {p.describe()}"))
+    _heal(config, say)
+
+
+def _heal(config: FinetuneConfig, say: Say) -> None:
+    """Fine-tune, then drop the checkpoints: they only serve to resume an interrupted run, and
+    with the optimizer's state they weigh three times the model (gigabytes from 1B up). A stage
+    that finished is skipped on a rerun; ``finetune RUN --force`` heals again from the start."""
+    result = finetune(config, on_step=lambda p: say(f"finetune: {p.describe()}"))
+    shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
 
 
 def _reference_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig | None:
@@ -119,7 +127,7 @@ def _reference_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig | Non
 
 def _run_reference(config: FinetuneConfig | None, layout: RunLayout, say: Say) -> None:
     if config is not None:
-        finetune(config, on_step=lambda p: say(f"finetune: {p.describe()}"))
+        _heal(config, say)
 
 
 # -- export, register, bench -------------------------------------------------------------
