@@ -170,6 +170,24 @@ def test_the_zero_shot_row_can_be_left_out(bench, amazon_dir: Path) -> None:
     assert "zero-shot" not in text.split("## uniform")[1] and "| slim mlp-fold + healed + distilled |" in text
 
 
+def test_no_valid_users_scores_the_test_split_only_and_drops_the_prior(bench, amazon_dir: Path) -> None:
+    """``--valid-users 0``: one split scored, no prior columns; the retained figures are the same as with them."""
+    with_valid = bench.parse_args(["--data", str(amazon_dir), "--test-users", "6", "--valid-users", "4"])
+    without = bench.parse_args(["--data", str(amazon_dir), "--test-users", "6", "--valid-users", "0"])
+    assert bench.scored_splits(with_valid) == ("test", "valid") and bench.scored_splits(without) == ("test",)
+    dataset = load_dataset(with_valid.data)
+    rng = np.random.default_rng(1)
+    scores = {key: {f"{split}/{regime}": rng.normal(size=(6 if split == "test" else 4, 20)) for split in ("test", "valid") for regime in bench.REGIMES}
+              for key in ("full fine-tuned", "slim mlp-fold + healed + distilled")}
+    full = bench.regime_report("uniform", scores, with_valid, dataset)
+    test_only = bench.regime_report("uniform", {k: {s: v for s, v in by.items() if s.startswith("test/")} for k, by in scores.items()}, without, dataset)
+    slim = "slim mlp-fold + healed + distilled"
+    assert "prior_weight" in full["models"][slim] and "prior_weight" not in test_only["models"][slim]
+    assert test_only["models"][slim]["retained_vs_full_finetuned"] == full["models"][slim]["retained_vs_full_finetuned"]
+    text = bench.markdown({"config": vars(without) | {"data": str(without.data), "out": str(without.out)}, "kept_layers": [0, 1], "regimes": {"uniform": test_only}})
+    assert "no prior columns" in text and f"| {slim} |" in text and text.count("— | —") == 2
+
+
 def test_popularity_debias_reaches_the_healing_and_the_report(bench, tmp_path: Path) -> None:
     args = bench.parse_args(["--popularity-debias", "0.5", "--rank-negatives", "4"])
     assert bench.heal_config(args, tmp_path / "model", tmp_path / "out").popularity_debias == 0.5

@@ -54,7 +54,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--bridge", default="mlp-fold")
     p.add_argument("--calib-tokens", type=int, default=4096)
     p.add_argument("--test-users", type=int, default=500)
-    p.add_argument("--valid-users", type=int, default=200)
+    p.add_argument("--valid-users", type=int, default=200,
+                   help="users of the valid split scored to choose the log-popularity prior's weight (0: no prior columns, the test split only)")
     p.add_argument("--history", type=int, default=5)
     p.add_argument("--title-words", type=int, default=10)
     p.add_argument("--steps", type=int, default=300)
@@ -302,9 +303,15 @@ def _file_key(key: str) -> str:
     return key.replace(" ", "_").replace(",", "").replace("+", "plus").replace("(", "").replace(")", "")
 
 
-def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path, *, splits: tuple[str, ...] = ("test", "valid")) -> dict[str, np.ndarray]:
+def scored_splits(args: argparse.Namespace) -> tuple[str, ...]:
+    """The splits every model is scored on: the valid split too when the prior's weight is chosen on it."""
+    return ("test", "valid") if args.valid_users > 0 else ("test",)
+
+
+def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work: Path, *, splits: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF, on ``splits``
-    (cached as .npz)."""
+    (default :func:`scored_splits`; cached as .npz)."""
+    splits = scored_splits(args) if splits is None else splits
     cache = work / "scores" / f"{_file_key(key)}.npz"
     if cache.is_file():
         return dict(np.load(cache))
@@ -345,18 +352,19 @@ def _iv(values: np.ndarray) -> dict:
 
 def regime_report(regime: str, scores: dict[str, dict[str, np.ndarray]], args: argparse.Namespace, dataset) -> dict:
     """Metrics of every model in one regime, baselines, prior combination and retained."""
-    pops = {split: popularity_scores(dataset, prepare_cases(dataset, eval_config(args, split=split, regime=regime))) for split in ("test", "valid")}
+    pops = {split: popularity_scores(dataset, prepare_cases(dataset, eval_config(args, split=split, regime=regime))) for split in scored_splits(args)}
     pop_test = per_user_metrics(pops["test"])
     reference = per_user_metrics(scores["full fine-tuned"][f"test/{regime}"])["ndcg@10"]
     random = random_baseline(20)["ndcg@10"]
     rows = {}
     for key, by_split in scores.items():
         test = per_user_metrics(by_split[f"test/{regime}"])
-        weight = choose_weight(by_split[f"valid/{regime}"], pops["valid"])
-        combined = per_user_metrics(with_prior(by_split[f"test/{regime}"], pops["test"], weight))["ndcg@10"]
-        row = {"ndcg@10": _iv(test["ndcg@10"]), "hr@10": float(test["hr@10"].mean()), "mrr": float(test["mrr"].mean()),
-               "prior_weight": weight, "ndcg@10_with_prior": _iv(combined),
-               "with_prior_minus_popularity": paired_bootstrap_diff(combined, pop_test["ndcg@10"]).to_json()}
+        row = {"ndcg@10": _iv(test["ndcg@10"]), "hr@10": float(test["hr@10"].mean()), "mrr": float(test["mrr"].mean())}
+        if "valid" in pops:
+            weight = choose_weight(by_split[f"valid/{regime}"], pops["valid"])
+            combined = per_user_metrics(with_prior(by_split[f"test/{regime}"], pops["test"], weight))["ndcg@10"]
+            row |= {"prior_weight": weight, "ndcg@10_with_prior": _iv(combined),
+                    "with_prior_minus_popularity": paired_bootstrap_diff(combined, pop_test["ndcg@10"]).to_json()}
         if key != "full fine-tuned":
             row["retained_vs_full_finetuned"] = retained_on_lift(test["ndcg@10"], reference, random=random).to_json()
         rows[key] = row
@@ -419,7 +427,9 @@ def markdown(report: dict) -> str:
     cfg = report["config"]
     kept = report["kept_layers"]
     lines = [f"# Quality: {cfg['model']} full vs keep {len(kept)} ({cfg['bridge']}; layers {','.join(map(str, kept))})", "",
-             f"{cfg['test_users']} test users, 1+19 candidates; prior weight chosen on {cfg['valid_users']} validation users. "
+             f"{cfg['test_users']} test users, 1+19 candidates; "
+             + (f"prior weight chosen on {cfg['valid_users']} validation users. " if cfg["valid_users"] > 0 else "no prior columns (--valid-users 0). ")
+             + 
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}{_format(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
@@ -439,8 +449,9 @@ def markdown(report: dict) -> str:
             ret = row.get("retained_vs_full_finetuned")
             rtxt = f"{ret['retained']:.2f} [{ret['retained_low']:.2f}, {ret['retained_high']:.2f}]" if ret else "(reference)"
             raw = f"{ret['raw']:.2f}" if ret else "1.00"
-            lines.append(f"| {key} | {_fmt(row['ndcg@10'])} | {row['hr@10']:.3f} | {row['mrr']:.3f} | {rtxt} | {raw} | "
-                         f"{_fmt(row['ndcg@10_with_prior'])} ({row['prior_weight']:g}) | {_fmt(row['with_prior_minus_popularity'])} |")
+            prior = (f"{_fmt(row['ndcg@10_with_prior'])} ({row['prior_weight']:g}) | {_fmt(row['with_prior_minus_popularity'])}"
+                     if "prior_weight" in row else "— | —")
+            lines.append(f"| {key} | {_fmt(row['ndcg@10'])} | {row['hr@10']:.3f} | {row['mrr']:.3f} | {rtxt} | {raw} | {prior} |")
         lines.append(f"| popularity | {_fmt(rep['popularity']['ndcg@10'])} | {rep['popularity']['hr@10']:.3f} | | | | | |")
         lines.append(f"| random | {rep['random_ndcg@10']:.3f} | 0.500 | | | | | |")
         if "full_finetuned_minus_zero_shot" in rep:
