@@ -426,10 +426,9 @@ def _cut_from(cfg: dict) -> str:
 def markdown(report: dict) -> str:
     cfg = report["config"]
     kept = report["kept_layers"]
+    prior = f"prior weight chosen on {cfg['valid_users']} validation users" if cfg["valid_users"] > 0 else "no prior columns (--valid-users 0)"
     lines = [f"# Quality: {cfg['model']} full vs keep {len(kept)} ({cfg['bridge']}; layers {','.join(map(str, kept))})", "",
-             f"{cfg['test_users']} test users, 1+19 candidates; "
-             + (f"prior weight chosen on {cfg['valid_users']} validation users. " if cfg["valid_users"] > 0 else "no prior columns (--valid-users 0). ")
-             + 
+             f"{cfg['test_users']} test users, 1+19 candidates; {prior}. "
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}{_format(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
