@@ -58,6 +58,20 @@ def test_answers_that_do_not(index: TitleIndex, answer: str) -> None:
     assert not index.match(answer).items
 
 
+def test_an_alternate_many_titles_share_describes_and_names_none() -> None:
+    """Amazon's ``(Black)`` is on 1,375 items and ``hdmi`` in hundreds of titles: "The Black"
+    and "The HDMI" name none of them, while an item called Black, and an alternate whose words
+    only a few titles have, still name their items."""
+    colours = {i: f"Cable {i} (Black)" for i in range(1, 6)}
+    index = TitleIndex({**colours, 6: "Black (1990)", 7: "Speaker (Pair) (Model X2)", 8: "Stand (Model X2)",
+                        9: "Roku Stick (HDMI)", **{i: f"HDMI Switch {i}" for i in range(10, 14)}})
+    assert set(index.match("The Black").items) == {6}
+    assert set(index.match("Cable 3").items) == set(index.match("Cable 3 (Black)").items) == {3}
+    assert set(index.match("Model X2").items) == {7, 8} and set(index.match("Pair").items) == {7}
+    assert not index.match("The HDMI").items and set(index.match("Roku Stick").items) == {9}
+    assert not TitleIndex(colours).match("Black").items
+
+
 def test_normalisation_pieces() -> None:
     assert split_year("Land Before Time III (1995) (V)") == ("Land Before Time III  (V)", 1995)
     assert split_year("Heat") == ("Heat", None)

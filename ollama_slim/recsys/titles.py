@@ -7,8 +7,11 @@ way: accents dropped, case-folded, ``&`` read as ``and``, apostrophes removed, o
 punctuation as spaces, a trailing article moved to the front (MovieLens writes
 ``Usual Suspects, The (1995)``) and a leading article dropped. A catalogue item is indexed
 under its whole title, its main title without parenthesised alternates (``Seven (Se7en)``),
-each alternate, and its title cut to the words a prompt shows. An answer matches the items
-indexed under its normalised text; when it gives a year, only items of that year match.
+each alternate, and its title cut to the words a prompt shows. An alternate whose words are in
+more than :data:`ALTERNATE_ITEMS` titles is a description, not a name (Amazon's ``(Black)``,
+``(HDMI)``, ``(6 Feet)``), and names none of them; MovieLens' ``(Se7en)`` stays a name. An
+answer matches the items indexed under its normalised text; when it gives a year, only items
+of that year match.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ _YEAR = re.compile(r"\((\d{4})\)")
 _PARENS = re.compile(r"\(([^()]*)\)")
 _TRAILING_ARTICLE = re.compile(r"^(.*\S),\s*(" + "|".join(_ARTICLES) + r")'?$")
 _LEADING_ARTICLE = re.compile(r"^(?:" + "|".join(_ARTICLES) + r")\s+(?=\S)")
+ALTERNATE_ITEMS = 3  # an alternate whose words more titles than this have describes (colour, connector, length)
 
 
 def fold(text: str) -> str:
@@ -79,14 +83,15 @@ def answer_line(answer: str) -> str:
     return line
 
 
-def _aliases(title: str, words: int | None) -> set[str]:
-    """Every name an item answers to (without its year)."""
+def _aliases(title: str, words: int | None) -> tuple[set[str], set[str]]:
+    """The names an item answers to (without its year): its own names, and its parenthesised alternates."""
     name, _ = split_year(title)
     names = {name, _PARENS.sub(" ", name)}
-    names |= {alt for alt in _PARENS.findall(name) if len(alt.strip()) > 2}
     if words:
         names.add(split_year(" ".join(title.split()[:words]))[0])
-    return {k for k in (name_key(n) for n in names) if k}
+    alternates = {alt for alt in _PARENS.findall(name) if len(alt.strip()) > 2}
+    keys = {k for k in map(name_key, names) if k}
+    return keys, {k for k in map(name_key, alternates) if k} - keys
 
 
 @dataclass(frozen=True)
@@ -110,9 +115,19 @@ class TitleIndex:
     def __init__(self, titles: dict[int, str], *, words: int | None = None) -> None:
         self.years = {item: split_year(title)[1] for item, title in titles.items()}
         self.by_key: dict[str, set[int]] = {}
+        alternates: dict[str, set[int]] = {}
+        having: dict[str, set[int]] = {}  # word -> the items whose title has it
         for item, title in titles.items():
-            for key in _aliases(title, words):
+            names, alts = _aliases(title, words)
+            for key in names:
                 self.by_key.setdefault(key, set()).add(item)
+            for key in alts:
+                alternates.setdefault(key, set()).add(item)
+            for word in name_key(split_year(title)[0]).split():
+                having.setdefault(word, set()).add(item)
+        for key, items in alternates.items():
+            if len(set.intersection(*(having.get(word, set()) for word in key.split()))) <= ALTERNATE_ITEMS:
+                self.by_key.setdefault(key, set()).update(items)
 
     def match(self, answer: str) -> TitleMatch:
         """The catalogue items ``answer`` names (a given year must be the item's)."""
