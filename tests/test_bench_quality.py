@@ -47,6 +47,22 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
 
 
+def test_models_made_apart_are_scored_as_rows_beside_the_recipe(bench, tiny_llama: Path, tmp_path: Path) -> None:
+    """``--also NAME=PATH``: a row of its own (a GGUF also asked in chat), not part of the recipe; bad forms refused."""
+    gguf = tmp_path / "stage2.gguf"
+    gguf.write_bytes(b"GGUF")
+    args = bench.parse_args(["--also", f"slim + answers={tiny_llama}", "--also", f"its gguf={gguf}"])
+    assert bench.also_rows(args, {"full fine-tuned": tiny_llama}) == {"slim + answers": tiny_llama, "its gguf": gguf}
+    with pytest.raises(SystemExit, match="already a row"):
+        bench.also_rows(bench.parse_args(["--also", f"full fine-tuned={tiny_llama}"]), {"full fine-tuned": tiny_llama})
+    for bad in ("no-equals-sign", f"={tiny_llama}", f"x={tmp_path / 'missing'}"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--also", bad])
+    work = tmp_path / "q-work"
+    bench.check_work(bench.parse_args(["--steps", "10"]), work)
+    bench.check_work(bench.parse_args(["--steps", "10", "--also", f"x={tiny_llama}"]), work)  # adds a row, changes no result
+
+
 def test_the_shipped_gguf_is_scored_through_llama_cpp_like_the_model(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
     """Each healed slim model is exported at --outtype and scored by llama.cpp on the same users and candidates."""
     args = bench.parse_args(["--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32", "--outtype", "f32"])

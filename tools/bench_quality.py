@@ -105,6 +105,10 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
                    help="also ask N test users in chat, as `ollama run` does: each GGUF row and the full models (exported at --outtype), "
                         "greedy through llama.cpp; shares of catalogue titles, titles not listed, targets and distinct answers (0: off)")
     p.add_argument("--skip", default="", help="leave out: zero-shot, plain-drop, bridged-unhealed, healed, distilled (comma-separated)")
+    p.add_argument("--also", action="append", default=[], metavar="NAME=PATH",
+                   help="also score PATH (a model directory, or a GGUF through llama.cpp) as row NAME beside the recipe's, on the same "
+                        "users and candidates, against the same reference: e.g. a second `finetune` stage of a row's model (repeatable; "
+                        "not healed by the benchmark; a GGUF is asked in chat too with --generate-users; scores are cached under NAME)")
     p.add_argument("--out", type=Path, default=Path("bench-quality"))
     return p
 
@@ -116,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--generate-users cannot be negative and --answers must be at least 1")
     if args.generate_users and args.outtype == "none":
         p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
+    for also in args.also:
+        name, _, path = also.partition("=")
+        if not name.strip() or not path:
+            p.error(f"--also {also!r}: give NAME=PATH, e.g. --also 'slim + answers=runs/stage2/healed'")
+        if not Path(path).exists():
+            p.error(f"--also {also!r}: {path} does not exist; give a model directory or a .gguf file")
     return resolve_precision(args)
 
 
@@ -262,6 +272,18 @@ def _joint_cases(dataset, per_regime: list[list]) -> list:
     users = [[c.example.user for c in cases] for cases in per_regime]
     assert all(u == users[0] for u in users), "regimes must draw the same users"
     return [Case(group[0].example, tuple(item for case in group for item in case.candidates)) for group in zip(*per_regime)]
+
+
+def also_rows(args: argparse.Namespace, found: dict[str, Path]) -> dict[str, Path]:
+    """``{NAME: PATH}`` of ``--also``: models made apart from the recipe, scored beside its rows."""
+    rows = {}
+    for also in args.also:
+        name, _, path = also.partition("=")
+        name = name.strip()
+        if name in found or name in rows:
+            sys.exit(f"error: --also {name!r} is already a row of the benchmark; give it another name")
+        rows[name] = Path(path)
+    return rows
 
 
 def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dict[str, Path]:
@@ -493,7 +515,7 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     ``--outtype`` and the chat answers of ``--generate-users`` are cached under names that hold
     them; nor is how often healing checkpoints, nor an
     option added since, while it is at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users")
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users", "also")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
@@ -551,7 +573,9 @@ def main(argv: list[str] | None = None) -> dict:
     began = time.perf_counter()
     found = models(args, work)
     ggufs = shipped(args, found, work)
-    found |= ggufs
+    extra = also_rows(args, found | ggufs)
+    ggufs |= {key: path for key, path in extra.items() if path.suffix == ".gguf"}
+    found |= ggufs | extra
     scores = {key: scores_of(key, path, args, dataset, work) for key, path in found.items()}
     cross = cross_domain(args, found, work)
     generation = asked(args, found, ggufs, work)
