@@ -120,12 +120,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--generate-users cannot be negative and --answers must be at least 1")
     if args.generate_users and args.outtype == "none":
         p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
-    for also in args.also:
-        name, _, path = also.partition("=")
-        if not name.strip() or not path:
-            p.error(f"--also {also!r}: give NAME=PATH, e.g. --also 'slim + answers=runs/stage2/healed'")
-        if not Path(path).exists():
-            p.error(f"--also {also!r}: {path} does not exist; give a model directory or a .gguf file")
+    try:
+        also_pairs(args.also)
+    except ValueError as e:
+        p.error(str(e))
     return resolve_precision(args)
 
 
@@ -274,15 +272,26 @@ def _joint_cases(dataset, per_regime: list[list]) -> list:
     return [Case(group[0].example, tuple(item for case in group for item in case.candidates)) for group in zip(*per_regime)]
 
 
+def also_pairs(values: list[str]) -> list[tuple[str, Path]]:
+    """``[(NAME, PATH)]`` of ``--also NAME=PATH`` values; ValueError on a bad form or a missing path."""
+    pairs = []
+    for also in values:
+        name, _, path = also.partition("=")
+        if not name.strip() or not path:
+            raise ValueError(f"--also {also!r}: give NAME=PATH, e.g. --also 'slim + answers=runs/stage2/healed'")
+        if not Path(path).exists():
+            raise ValueError(f"--also {also!r}: {path} does not exist; give a model directory or a .gguf file")
+        pairs.append((name.strip(), Path(path)))
+    return pairs
+
+
 def also_rows(args: argparse.Namespace, found: dict[str, Path]) -> dict[str, Path]:
     """``{NAME: PATH}`` of ``--also``: models made apart from the recipe, scored beside its rows."""
     rows = {}
-    for also in args.also:
-        name, _, path = also.partition("=")
-        name = name.strip()
+    for name, path in also_pairs(args.also):
         if name in found or name in rows:
             sys.exit(f"error: --also {name!r} is already a row of the benchmark; give it another name")
-        rows[name] = Path(path)
+        rows[name] = path
     return rows
 
 

@@ -123,7 +123,7 @@ class TitleIndex:
                 self.by_key.setdefault(key, set()).add(item)
             for key in alts:
                 alternates.setdefault(key, set()).add(item)
-            for word in name_key(split_year(title)[0]).split():
+            for word in {word for key in names for word in key.split()}:  # the whole title's key has every word
                 having.setdefault(word, set()).add(item)
         for key, items in alternates.items():
             if len(set.intersection(*(having.get(word, set()) for word in key.split()))) <= ALTERNATE_ITEMS:
