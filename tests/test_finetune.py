@@ -592,6 +592,9 @@ def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path
     assert progress[5].describe() == f"step 6/20 loss {progress[5].loss:.3f}, validation 2.5000 (best 2.0000 at step 4)"
     assert progress[4].describe() == f"step 5/20 loss {progress[4].loss:.3f}"  # no measure after step 5
     assert result.validation == [{"step": 2, "value": 3.0}, {"step": 4, "value": 2.0}, {"step": 6, "value": 2.5}, {"step": 8, "value": 2.6}]
+    assert result.validation_text() == "2: 3.0000, 4: 2.0000 (kept), 6: 2.5000, 8: 2.6000"
+    stuck = replace(result, best_step=2, validation=[{"step": s, "value": 0.0} for s in (2, 4, 6)])  # a measure that never moves
+    assert stuck.validation_text() == "2: 0.0000 (kept), 4: 0.0000, 6: 0.0000; steps 4, 6 measured the same, not better: the earlier weights are kept"
     saved = _weights(result.out_dir)
     assert all(torch.equal(saved[k], seen[4][k]) for k in saved)
     assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], seen[8]["model.layers.0.self_attn.q_proj.weight"])
@@ -668,6 +671,8 @@ def test_cli_heals_with_both_regimes_and_early_stopping(tiny_llama: Path, tiny_d
     assert result["best_step"] in (1, 2, 3) and [v["step"] for v in result["validation"]] == list(range(1, result["steps"] + 1))
     record = json.loads((out / "slim.json").read_text())["finetune"]["config"]
     assert record["rank_regimes"] == ["uniform", "popularity"] and record["fixed_negatives"] and record["early_stop_patience"] == 1
+    table = CliRunner().invoke(main, args)  # the finished run again: its table shows each measure, the kept one marked
+    assert table.exit_code == 0 and "validation" in table.output and "(kept)" in table.output, table.output
     for extra, message in [(["--align-kind", "l1"], "--align-kind 'l1' is not known"), (["--rank-regimes", "uniform,zipf"], "--rank-regimes 'zipf' is not known"),
                            (["--distill-listwise-weight", "0.5"], "--distill-listwise-weight needs a teacher (--distill-from)")]:
         bad = CliRunner().invoke(main, [*args, "--force", *extra])
@@ -769,10 +774,18 @@ def test_item_neighbours_vocab_answers_among_the_most_taken_items_only(tiny_llam
     assert dict(top4.scores([3])) == {2: 1} and top4.top([3], count=3) == (2,)  # 4, 5, 7 and 8 followed 3 but are rare
     assert dict(top4.scores([2])) == {3: 2, 6: 2}  # the counts of the items it keeps are every's
     assert ItemNeighbours(dataset, window=2, alpha=0.0, vocab=0).scores([3]) == every.scores([3])
+    # vocab_skip leaves the most taken out: ranked 1, 2, 3, 6, ..., so skip 2, vocab 2 answers among 3 and 6
+    assert dict(top4.scores([1])) == {2: 2, 3: 2, 6: 1}
+    past2 = ItemNeighbours(dataset, window=2, alpha=0.0, vocab=2, vocab_skip=2)
+    assert dict(past2.scores([1])) == {3: 2, 6: 1} and past2.top([1]) == (3,)
     with pytest.raises(ValueError, match="vocab must be 0 or more"):
         ItemNeighbours(dataset, vocab=-1)
+    with pytest.raises(ValueError, match="vocab_skip must be 0, or positive with a vocab"):
+        ItemNeighbours(dataset, vocab_skip=2)
     with pytest.raises(UsageError, match="--cf-vocab must be 0 or more"):
         ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", cf_answers=1, cf_vocab=-1))
+    with pytest.raises(UsageError, match="--cf-vocab-skip must be 0, or positive with --cf-vocab"):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", cf_answers=1, cf_vocab_skip=5))
 
 
 def test_cf_answers_follow_the_history_never_an_item_taken_and_carry_their_share(tiny_llama: Path, tiny_data: Path, tmp_path: Path) -> None:

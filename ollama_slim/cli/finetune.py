@@ -79,6 +79,10 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--cf-vocab", type=int, default=_DEFAULTS["cf_vocab"], show_default=True, metavar="N",
               help="The recommender of --cf-answers answers only among the N items most taken in the train parts: personal "
                    "answers from a set small enough to learn which history leads to which. 0: any item.")
+@click.option("--cf-vocab-skip", type=int, default=_DEFAULTS["cf_vocab_skip"], show_default=True, metavar="M",
+              help="Leave the M most taken items out of --cf-vocab (it becomes the items ranked M+1 to M+N by train count): "
+                   "answers a model learns gain likelihood as ranking candidates too, and popularity-weighted negatives are "
+                   "mostly the most taken items.")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
               help="completion: a raw prompt, the title as its continuation; chat: the prompt as `ollama run` renders it (chat template, SYSTEM, "
                    "history in a user message in one of several wordings), the title as the answer closed by end-of-turn.")
@@ -92,7 +96,7 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
             align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
             early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
-            batch_size: int, checkpoint_every: int, users: int | None, holdout_users: int, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, cf_vocab: int, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
+            batch_size: int, checkpoint_every: int, users: int | None, holdout_users: int, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, cf_vocab: int, cf_vocab_skip: int, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
             force: bool, as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
     (with --rank-negatives, mixed with a ranking loss over the target and K negatives).
@@ -119,7 +123,7 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
         align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
         early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
         val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
-        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, cf_vocab=cf_vocab, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,
+        checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, cf_vocab=cf_vocab, cf_vocab_skip=cf_vocab_skip, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,
     )
     config = _run_recipe(config)
     check_config(config)  # a bad option: one line, before the progress bar
@@ -141,6 +145,7 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
     rows = [
         ("mode", result.mode), ("steps", f"{result.steps} (resumed from {result.resumed_from})" if result.resumed_from else str(result.steps)),
         *([("best step", f"{result.best_step}" + (" (stopped early)" if result.stopped_early else ""))] if result.best_step is not None else []),
+        *([("validation", result.validation_text())] if result.validation else []),
         ("loss", f"{first} -> {result.final_loss:.4f}" if result.final_loss is not None else "-"),
         ("trainable parameters", f"{result.trainable_params / 1e6:.2f}M"), ("train examples", str(result.train_examples)),
         ("written to", str(result.out_dir)), ("checkpoints", str(result.checkpoint_dir)), ("time", f"{result.seconds:.1f}s"),

@@ -6,7 +6,9 @@ some user's train part, divided by ``b``'s train count to the power ``alpha`` (0
 co-occurrence, which favours popular items; 1: a lift-like score that favours rare ones).
 With ``vocab`` > 0 it answers only among the ``vocab`` items most taken in the train parts:
 still a personal answer per history, from a set of answers small enough for a small model
-to learn which history leads to which.
+to learn which history leads to which. ``vocab_skip`` > 0 leaves the ``vocab_skip`` most taken
+items out of that set: answers a model learns to say gain likelihood as candidates too, and the
+most taken items are the negatives popularity-weighted evaluation draws most often.
 Its top items are personal (they follow from the user's own items), which makes them the
 teacher for sequence-level distillation of a recommender's answers (``finetune
 --cf-answers``): a deterministic answer per history, where the data's next items are not.
@@ -28,6 +30,7 @@ class ItemNeighbours:
     window: int = 5
     alpha: float = 0.5
     vocab: int = 0  # answer only among the vocab most taken train items (0: every item)
+    vocab_skip: int = 0  # ... after the vocab_skip most taken ones
     followers: dict[int, Counter] = field(default_factory=dict, init=False, repr=False)
     counts: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
@@ -36,6 +39,8 @@ class ItemNeighbours:
             raise ValueError(f"window must be 1 or more, got {self.window}")
         if self.vocab < 0:
             raise ValueError(f"vocab must be 0 or more, got {self.vocab}")
+        if self.vocab_skip < 0 or (self.vocab_skip and not self.vocab):
+            raise ValueError(f"vocab_skip must be 0, or positive with a vocab, got {self.vocab_skip}")
         from ollama_slim.recsys.data import train_popularity
 
         self.counts = train_popularity(self.dataset)
@@ -45,7 +50,8 @@ class ItemNeighbours:
             for a, item in enumerate(train):
                 followers[item].update(train[a + 1 : a + 1 + self.window])
         if self.vocab > 0:
-            answers = set(sorted(self.counts, key=lambda i: (-self.counts[i], i))[: self.vocab])
+            ranked = sorted(self.counts, key=lambda i: (-self.counts[i], i))
+            answers = set(ranked[self.vocab_skip : self.vocab_skip + self.vocab])
             followers = {item: Counter({b: n for b, n in after.items() if b in answers}) for item, after in followers.items()}
         self.followers = dict(followers)
 

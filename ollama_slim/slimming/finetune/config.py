@@ -42,7 +42,7 @@ class FinetuneConfig:
     recommender (:class:`~ollama_slim.recsys.neighbours.ItemNeighbours`) for the prompt's
     history — sequence-level distillation of a personal answer — carrying ``cf_share`` of
     each prompt's title loss; ``cf_vocab`` > 0 has that recommender answer only among the
-    ``cf_vocab`` most taken train items.
+    ``cf_vocab`` most taken train items, after the ``cf_vocab_skip`` most taken ones.
     """
 
     model: str
@@ -81,6 +81,7 @@ class FinetuneConfig:
     cf_answers: int = 0  # answers of an item-to-item recommender for the prompt's history, added after the data's
     cf_share: float = 0.5  # the share of each prompt's title loss the cf_answers carry
     cf_vocab: int = 0  # the cf_answers come from the cf_vocab most taken train items (0: every item)
+    cf_vocab_skip: int = 0  # ... after the cf_vocab_skip most taken ones (which popularity-weighted negatives draw most)
     seed: int = 0
     history: int = 5
     title_words: int = 10
@@ -126,12 +127,12 @@ _DEPENDENT = {
     "distill_listwise_weight": ("distill_temperature",),
     "align_weight": ("align_kind", "align_at"),
     "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
-    "cf_answers": ("cf_share", "cf_vocab"),
+    "cf_answers": ("cf_share", "cf_vocab", "cf_vocab_skip"),
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "holdout_users")
+          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "cf_vocab_skip", "holdout_users")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -177,6 +178,16 @@ class FinetuneResult:
         data["out_dir"], data["checkpoint_dir"] = str(self.out_dir), str(self.checkpoint_dir)
         return data
 
+    def validation_text(self) -> str:
+        """Each validation measure as ``step: value``, the kept step marked; when later measures
+        only equalled the kept one, says so: a tie keeps the earlier weights ("" without measures)."""
+        text = ", ".join(f"{v['step']}: {v['value']:.4f}" + (" (kept)" if v["step"] == self.best_step else "") for v in self.validation)
+        kept = next((v["value"] for v in self.validation if v["step"] == self.best_step), None)
+        tied = [str(v["step"]) for v in self.validation if kept is not None and v["step"] > self.best_step and v["value"] == kept]
+        if tied:
+            text += f"; step{'s' if len(tied) > 1 else ''} {', '.join(tied)} measured the same, not better: the earlier weights are kept"
+        return text
+
 
 def check_config(config: FinetuneConfig) -> None:
     """Refuse options that cannot work (:class:`UsageError`), before anything is loaded."""
@@ -200,6 +211,9 @@ def check_config(config: FinetuneConfig) -> None:
         raise UsageError(f"--cf-share must be between 0 and 1 (both excluded), got {config.cf_share}", hint="e.g. --cf-share 0.5")
     if config.cf_vocab < 0:
         raise UsageError(f"--cf-vocab must be 0 or more, got {config.cf_vocab}", hint="0 lets the recommender answer with any item; e.g. 100")
+    if config.cf_vocab_skip < 0 or (config.cf_vocab_skip and not config.cf_vocab):
+        raise UsageError(f"--cf-vocab-skip must be 0, or positive with --cf-vocab, got {config.cf_vocab_skip}",
+                         hint="e.g. --cf-vocab 100 --cf-vocab-skip 500: answers among the items ranked 501-600 by train count")
     if config.holdout_users < 0:
         raise UsageError(f"--holdout-users must be 0 or more, got {config.holdout_users}", hint="0 heals on every user; N leaves out the users `eval --users N` ranks")
     if not config.popularity_debias >= 0.0:

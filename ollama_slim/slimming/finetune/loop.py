@@ -74,7 +74,7 @@ def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
         if loop.neighbours is None:
             from ollama_slim.recsys.neighbours import ItemNeighbours
 
-            loop.neighbours = ItemNeighbours(loop.dataset, vocab=config.cf_vocab)
+            loop.neighbours = ItemNeighbours(loop.dataset, vocab=config.cf_vocab, vocab_skip=config.cf_vocab_skip)
         answers = [a + cf_answer_items(loop.neighbours, loop.dataset, e, config.cf_answers) for a, e in zip(answers, chosen)]
     weights = loop.weights(answers) if loop.weights is not None else None
     return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives, answers), weights
