@@ -80,9 +80,9 @@ _DEFAULTS = defaults(FinetuneConfig)
               help="The recommender of --cf-answers answers only among the N items most taken in the train parts: personal "
                    "answers from a set small enough to learn which history leads to which. 0: any item.")
 @click.option("--cf-vocab-skip", type=int, default=_DEFAULTS["cf_vocab_skip"], show_default=True, metavar="M",
-              help="Leave the M most taken items out of --cf-vocab (it becomes the items ranked M+1 to M+N by train count): "
-                   "answers a model learns gain likelihood as ranking candidates too, and popularity-weighted negatives are "
-                   "mostly the most taken items.")
+              help="Leave the M most taken items out of --cf-vocab (it becomes the items ranked M+1 to M+N by train count), "
+                   "so that the answers are items popularity-weighted negatives rarely draw. On Amazon it did not spare the "
+                   "ranking under those negatives (docs/quality-log.md).")
 @click.option("--task-format", type=click.Choice(TASK_FORMATS), default=_DEFAULTS["task_format"], show_default=True,
               help="completion: a raw prompt, the title as its continuation; chat: the prompt as `ollama run` renders it (chat template, SYSTEM, "
                    "history in a user message in one of several wordings), the title as the answer closed by end-of-turn.")

@@ -7,8 +7,8 @@ co-occurrence, which favours popular items; 1: a lift-like score that favours ra
 With ``vocab`` > 0 it answers only among the ``vocab`` items most taken in the train parts:
 still a personal answer per history, from a set of answers small enough for a small model
 to learn which history leads to which. ``vocab_skip`` > 0 leaves the ``vocab_skip`` most taken
-items out of that set: answers a model learns to say gain likelihood as candidates too, and the
-most taken items are the negatives popularity-weighted evaluation draws most often.
+items out of that set, so that its answers are items popularity-weighted negatives rarely draw (on
+Amazon that did not spare a model trained on them the ranking under those negatives).
 Its top items are personal (they follow from the user's own items), which makes them the
 teacher for sequence-level distillation of a recommender's answers (``finetune
 --cf-answers``): a deterministic answer per history, where the data's next items are not.
