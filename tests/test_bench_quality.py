@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
                            "slim mlp-fold + healed (f32 GGUF, llama.cpp)", "slim mlp-fold + healed + distilled (f32 GGUF, llama.cpp)"]
     assert all(row["users"] == 3 and 0 <= row["figures"]["title"]["mean"] <= 1 and len(row["examples"]) == 3 for row in asked.values())
     assert len({row["gguf"] for row in asked.values()}) == 4
+    kept = sorted((tmp_path / "q-work" / "generation").glob("*.answers.json"))  # the answers, judged again on a rerun
+    assert len(kept) == 4 and all(len(json.loads(p.read_text())["answers"]) == 3 for p in kept)
     text = out.with_suffix(".md").read_text()
     assert "## asked in chat (3 test users" in text and "Example 3, slim mlp-fold + healed + distilled" in text
     assert "cross-domain: " in text

@@ -604,6 +604,32 @@ def test_early_stopping_keeps_the_best_weights(tiny_llama: Path, tiny_data: Path
     assert all(torch.equal(saved[k], v) for k, v in _weights(again.out_dir).items())
 
 
+def test_a_measure_at_start_keeps_the_starting_weights_when_no_step_beats_them(tiny_llama: Path, tiny_data: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--val-at-start: a further stage on a healed model measures step 0 too, and early stopping hands back the
+    starting weights when every step is worse; without it the best step taken is kept, however bad."""
+    from ollama_slim.slimming.finetune.validation import VAL_MEASURES, ValMeasure
+
+    def scripted(values):
+        values = iter(values)
+        return ValMeasure("loss", False, VAL_MEASURES["loss"].rows, lambda model, rows, *, batch, pad_id: next(values))
+
+    kw = dict(steps=20, full=True, lr=1e-3, early_stop_patience=2, eval_every=2)
+    monkeypatch.setitem(VAL_MEASURES, "loss", scripted([1.0, 2.0, 3.0]))
+    at_start = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "start", val_at_start=True, **kw))
+    assert (at_start.best_step, at_start.steps, at_start.stopped_early) == (0, 4, True)
+    assert at_start.validation_text() == "0: 1.0000 (kept), 2: 2.0000, 4: 3.0000"
+    before, after = _weights(tiny_llama), _weights(at_start.out_dir)
+    assert all(torch.equal(after[k], before[k].to(after[k].dtype)) for k in after if k in before)
+    monkeypatch.setitem(VAL_MEASURES, "loss", scripted([2.0, 3.0, 4.0]))
+    plain = ft.finetune(_config(tiny_llama, tiny_data, tmp_path / "plain", **kw))
+    assert (plain.best_step, plain.steps) == (2, 6)  # the first measure is after step 2: trained weights are kept
+    assert not torch.equal(_weights(plain.out_dir)["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    with pytest.raises(UsageError, match=re.escape("--val-at-start needs early stopping")):
+        ft.check_config(_config(tiny_llama, tiny_data, tmp_path / "x", val_at_start=True))
+    assert "val_at_start" in _config(tiny_llama, tiny_data, tmp_path / "x", val_at_start=True, **kw).fingerprint()
+
+
 def test_interrupted_distillation_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path) -> None:
     compact = _compact(tiny_qwen2, tmp_path / "compact", [0, 2, 5])
     kw = dict(users=4, rank_negatives=2, fixed_negatives=True, rank_regimes=("uniform", "popularity"), distill_from=str(tiny_qwen2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from ollama_slim.ollama.chat import Completion
 from ollama_slim.ollama.modelfile import chat_family, write_modelfile_for
 from ollama_slim.recsys.data import make_dataset
 from ollama_slim.recsys.evaluate import EvalConfig, prepare_cases
-from ollama_slim.recsys.generation import GenerationConfig, evaluate_generation
+from ollama_slim.recsys.generation import CachedAnswers, GenerationConfig, evaluate_generation
 from ollama_slim.recsys.prompt import SYSTEM_PROMPT
 from toy_data import write_toy_data
 
@@ -84,6 +85,54 @@ def test_figures_of_scripted_answers(tiny_run: Path) -> None:
     assert message.count("(19") == 4 and result.chat.source == str(tiny_run / "Modelfile")
     assert {r["phrasing"] for r in result.per_user} == {"inline", "bullets"} == {e["phrasing"] for e in result.examples[:2]}  # one of each first
     assert len(result.examples) == 3 and result.examples[0]["answer"] == answers[0] and result.examples[0]["target"]
+
+
+def test_cached_answers_are_judged_afresh_and_asked_only_once(tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache keeps answers, not figures: a rerun asks nothing and a changed title match changes the
+    figures; an unseen prompt is asked; a GGUF written since empties it; an interrupted ask keeps what it got."""
+    import ollama_slim.recsys.generation as generation
+
+    data, gguf, path = _movies(), tiny_run / "model.gguf", tmp_path / "answers.json"
+    config = GenerationConfig(cases=EvalConfig(data="ml-toy", users=4, negatives=5, history=4))
+    cases = prepare_cases(data, config.cases)
+    answers = [data.title(c.example.target) for c in cases]  # every answer the target
+    made: list[Scripted] = []
+
+    def make(replies: list[str]):
+        def new() -> Scripted:
+            made.append(Scripted(replies))
+            return made[-1]
+        return new
+
+    def measure(replies: list[str], **kw) -> tuple[float, CachedAnswers]:
+        with CachedAnswers(path, gguf, make(replies)) as cached:
+            result = evaluate_generation(tiny_run, replace(config, **kw), dataset=data, answerer=cached)
+        return result.figures["target"].mean, cached
+
+    first, cached = measure(list(answers))
+    assert (first, cached.asked, len(made)) == (1.0, 4, 1) and len(json.loads(path.read_text())["answers"]) == 4
+    again, cached = measure([])  # nothing left to answer: every answer comes from the file
+    assert (again, cached.asked, len(made)) == (1.0, 0, 1)
+    monkeypatch.setattr(generation, "_verdict", lambda dataset, case, cfg, match: {"title": False, "new_title": False, "target": False, "listed": False, "match": None})
+    assert measure([])[0] == 0.0  # the same answers, judged by another match
+    monkeypatch.undo()
+    more, cached = measure(["no idea"] * 4, max_tokens=16)  # other limits of the answer: asked anew
+    assert (cached.asked, more) == (4, 0.0) and len(json.loads(path.read_text())["answers"]) == 8
+    later = tmp_path / "later.gguf"
+    later.write_bytes(gguf.read_bytes())
+    with CachedAnswers(path, later, make([])) as fresh:
+        assert fresh.answers == {}  # another file (or the same one written again): nothing carried over
+
+    class Broken(Scripted):
+        def complete(self, prompt: str, **kw) -> Completion:
+            if len(self.prompts) == 2:
+                raise KeyboardInterrupt
+            return super().complete(prompt, **kw)
+
+    path.unlink()
+    with pytest.raises(KeyboardInterrupt), CachedAnswers(path, gguf, lambda: Broken(list(answers))) as cached:
+        evaluate_generation(tiny_run, config, dataset=data, answerer=cached)
+    assert len(json.loads(path.read_text())["answers"]) == 2  # resumes from the two it got
 
 
 def test_ranks_of_other_candidates_are_refused(tiny_run: Path) -> None:

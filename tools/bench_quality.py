@@ -552,10 +552,12 @@ def cross_domain(args: argparse.Namespace, found: dict[str, Path], work: Path) -
 def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Path], work: Path) -> dict | None:
     """``--generate-users`` test users asked in chat the way ``ollama run`` asks (each GGUF's template
     and the task's system message; greedy answers through llama.cpp): every GGUF row, and the full
-    models exported at ``--outtype`` for it. Cached per model; ``None`` when off."""
+    models exported at ``--outtype`` for it. The answers are cached per model, the figures judged on
+    every run; ``None`` when off."""
     if not args.generate_users:
         return None
-    from ollama_slim.recsys.generation import GenerationConfig, evaluate_generation
+    from ollama_slim.ollama.chat import GreedyChat
+    from ollama_slim.recsys.generation import CachedAnswers, GenerationConfig, evaluate_generation
 
     targets = {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(found[key]), work, name=_file_key(key))
                for key in ("zero-shot full", "full fine-tuned") if key in found}
@@ -563,14 +565,14 @@ def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Pat
                                                title_words=args.title_words))  # the message is the chat's own (phrasings)
     out = {}
     for key, gguf in (targets | ggufs).items():
-        cache = work / "generation" / f"{_file_key(key)}-{args.generate_users}.json"
-        if not cache.is_file():
-            began = time.perf_counter()
-            result = evaluate_generation(gguf, config, progress=lambda done, total: log(f"{key} asked: {done}/{total} users") if done % 100 == 0 and done < total else None)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(result.to_json(per_user=False), indent=2) + "\n")
-            log(f"asked {key} in chat ({args.generate_users} users) in {time.perf_counter() - began:.0f}s")
-        out[key] = json.loads(cache.read_text())
+        began = time.perf_counter()
+        make = lambda g=gguf: GreedyChat(g, context=config.context, threads=config.cases.threads)  # noqa: E731
+        with CachedAnswers(work / "generation" / f"{_file_key(key)}.answers.json", gguf, make) as answers:
+            result = evaluate_generation(gguf, config, answerer=answers,
+                                         progress=lambda done, total: log(f"{key} asked: {done}/{total} users") if done % 100 == 0 and done < total else None)
+        if answers.asked:
+            log(f"asked {key} in chat ({answers.asked} of {args.generate_users} users) in {time.perf_counter() - began:.0f}s")
+        out[key] = result.to_json(per_user=False)
     return out
 
 

@@ -57,6 +57,8 @@ _DEFAULTS = defaults(FinetuneConfig)
                    "not in the user's list that greedy answers name, per user (answer: the generation-mode measure).")
 @click.option("--val-users", type=int, default=_DEFAULTS["val_users"], show_default=True, help="Validation users (seeded draw).")
 @click.option("--val-negatives", type=int, default=_DEFAULTS["val_negatives"], show_default=True, help="Negatives per validation user (and regime) for --val-measure ndcg or ndcg-both.")
+@click.option("--val-at-start", is_flag=True,
+              help="Measure the starting weights too (step 0), so early stopping keeps them when no step beats them: for a further stage on a healed model.")
 @click.option("--train-bridges", is_flag=True, help="Also train a d x d map on each gap (folded into down_proj at the end).")
 @click.option("--lr", type=float, default=_DEFAULTS["lr"], show_default=True, help="Peak learning rate.")
 @click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"], show_default=True, help="Examples per optimizer step (over all processes).")
@@ -95,7 +97,7 @@ _DEFAULTS = defaults(FinetuneConfig)
 def command(model: str, data: str | None, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
             align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
-            early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, train_bridges: bool, lr: float,
+            early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, val_at_start: bool, train_bridges: bool, lr: float,
             batch_size: int, checkpoint_every: int, users: int | None, holdout_users: int, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, cf_vocab: int, cf_vocab_skip: int, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
             force: bool, as_json: bool) -> None:
     """Fine-tune RUN_OR_MODEL on the next-item title loss of the --data train split
@@ -122,7 +124,7 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
         distill_listwise_weight=distill_listwise_weight, distill_temperature=distill_temperature, align_weight=align_weight,
         align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
         early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
-        val_negatives=val_negatives, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
+        val_negatives=val_negatives, val_at_start=val_at_start, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, cf_vocab=cf_vocab, cf_vocab_skip=cf_vocab_skip, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,
     )
     config = _run_recipe(config)

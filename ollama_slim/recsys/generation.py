@@ -53,6 +53,51 @@ class Answerer(Protocol):
         """The answer to ``prompt``."""
 
 
+class CachedAnswers:
+    """An :class:`Answerer` that keeps every answer in a JSON file beside a run, keyed by the rendered
+    prompt and the answer's limits, and asks ``make()`` (a :class:`GreedyChat`, made on the first miss)
+    only for prompts it has not seen. The answers are kept, not the figures, so every read judges them
+    afresh: a change to the title match is seen without asking again. The file names the GGUF's size and
+    modification time; a GGUF written since makes it start empty. Use as a context manager: leaving it
+    writes the file (atomically) and closes what ``make`` made."""
+
+    def __init__(self, path: Path, gguf: Path, make: Callable[[], Any]) -> None:
+        self.path, self.make, self.inner = Path(path), make, None
+        stat = Path(gguf).stat()
+        self.source = {"gguf": str(gguf), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        saved = self._read()
+        self.answers: dict[str, dict[str, Any]] = saved.get("answers", {}) if saved.get("source") == self.source else {}
+        self.asked = 0  # prompts answered by the model in this session (not from the file)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = paths.read_json(self.path)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def complete(self, prompt: str, *, max_tokens: int, stops: tuple[str, ...] = ()) -> Completion:
+        key = f"{max_tokens}\t{chr(31).join(stops)}\t{prompt}"
+        if key not in self.answers:
+            if self.inner is None:
+                self.inner = self.make()
+            self.answers[key] = asdict(self.inner.complete(prompt, max_tokens=max_tokens, stops=stops))
+            self.asked += 1
+        return Completion(**self.answers[key])
+
+    def __enter__(self) -> "CachedAnswers":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            if self.asked:
+                paths.write_json(self.path, {"source": self.source, "answers": self.answers})
+        finally:
+            close = getattr(self.inner, "close", None)  # GreedyChat frees llama.cpp; a stand-in may have nothing to free
+            if close is not None:
+                close()
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """``cases``: users, split, history, seed and (for ``ranks``) candidates, as the ranking
@@ -282,4 +327,4 @@ def evaluate_generation(model: str | Path, config: GenerationConfig, *, ranks: E
     return result
 
 
-__all__ = ["FIGURES", "Answerer", "GenerationConfig", "GenerationResult", "Turn", "ask", "evaluate_generation", "judge", "model_gguf", "ranked_top10", "verdict"]
+__all__ = ["FIGURES", "Answerer", "CachedAnswers", "GenerationConfig", "GenerationResult", "Turn", "ask", "evaluate_generation", "judge", "model_gguf", "ranked_top10", "verdict"]

@@ -33,7 +33,9 @@ class FinetuneConfig:
     the teacher's outputs per example on disk beside the checkpoints.
     ``early_stop_patience`` > 0 measures ``val_measure`` on ``val_users`` validation
     users every ``eval_every`` steps, stops after that many measures without a better
-    one, and keeps the best weights. ``answers`` > 1 trains each prompt on the target
+    one, and keeps the best weights; ``val_at_start`` measures once before the first step
+    too, so a further stage on a healed model can keep its starting weights when no step
+    beats them. ``answers`` > 1 trains each prompt on the target
     and the user's following train items as well, each as an answer to the same prompt
     (packed after it, so more titles are learnt per step for little more compute).
     ``popularity_debias`` > 0 weights each answer's title loss by its item's train count to
@@ -71,6 +73,7 @@ class FinetuneConfig:
     val_measure: str = "loss"
     val_users: int = 32
     val_negatives: int = 19
+    val_at_start: bool = False  # measure before step 1 too: the starting weights compete for the kept ones
     train_bridges: bool = False
     lr: float = 2e-4
     batch_size: int = 8
@@ -132,7 +135,7 @@ _DEPENDENT = {
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "cf_vocab_skip", "holdout_users")
+          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "cf_vocab_skip", "holdout_users", "val_at_start")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -272,6 +275,8 @@ def _check_early_stop(config: FinetuneConfig) -> None:
     if config.eval_every <= 0 or config.val_users <= 0 or config.val_negatives <= 0:
         raise UsageError("--eval-every, --val-users and --val-negatives must be positive", hint="e.g. --eval-every 50 --val-users 32")
     _known("--val-measure", config.val_measure, list(VAL_MEASURES))
+    if config.val_at_start and config.early_stop_patience == 0:
+        raise UsageError("--val-at-start needs early stopping (--early-stop-patience N)", hint="e.g. --early-stop-patience 3 --eval-every 100 --val-at-start")
 
 
 @dataclass(frozen=True)

@@ -137,11 +137,14 @@ def _stopped(loop: Loop) -> bool:
 
 def run_loop(loop: Loop, *, start: int, losses: list[float], checkpoint_dir: Path, on_step: Callable[[FinetuneProgress], None] | None) -> list[float]:
     """Steps ``start..total-1`` (fewer when early stopping stops), a checkpoint every
-    ``checkpoint_every`` steps, at the end and at an early stop."""
+    ``checkpoint_every`` steps, at the end and at an early stop; with ``val_at_start``, a
+    measure of the starting weights first (step 0)."""
     began = time.perf_counter()
     model = loop.trainee.model
     model.train()
     with attach_bridge(base_model(loop.accelerator.unwrap_model(model)), loop.trainee.bridge) if loop.trainee.bridge else nullcontext():
+        if start == 0 and loop.config.val_at_start:
+            validate(loop, 0)
         for step in range(start, loop.total):
             if _stopped(loop):
                 break
