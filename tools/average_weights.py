@@ -2,8 +2,8 @@
 
 Two stages of one healing (``finetune A --out B``, then ``finetune B --out C``) lie close in weight
 space; their mean often ranks as well as the better of the two under each regime rather than trading
-one regime for the other. Every MODEL must have the same config and the same tensors (names, shapes,
-dtypes); the first one's config, tokenizer and ``slim.json`` are copied, and ``slim.json`` records
+one regime for the other. Every MODEL must have the same config and the same tensors (names and
+shapes); the first one's config, tokenizer and ``slim.json`` are copied, and ``slim.json`` records
 the averaged models and their weights. The result is written to a temp directory and swapped into
 ``--out`` (``--force`` to replace one). Prints JSON and a table.
 
@@ -65,17 +65,17 @@ def average(models: list[Path], weights: list[float]) -> dict:
     """The weighted mean of the models' tensors (float32 sums, stored in each tensor's dtype)."""
     from safetensors.torch import load_file
 
-    total: dict = {}
+    first: dict = {}
+    sums: dict = {}
     for model, weight in zip(models, weights):
         tensors = load_file(str(model / _WEIGHTS))
-        if total and (tensors.keys() != total.keys() or any(tensors[k].shape != total[k][0].shape for k in tensors)):
+        if not first:
+            first = tensors
+        elif tensors.keys() != first.keys() or any(tensors[k].shape != first[k].shape for k in tensors):
             raise ValueError(f"{model} holds other tensors than {models[0]}: only models of one cut can be averaged")
         for name, tensor in tensors.items():
-            if name not in total:
-                total[name] = (tensor, tensor.float() * weight)
-            else:
-                total[name] = (total[name][0], total[name][1] + tensor.float() * weight)
-    return {name: mean.to(like.dtype) if like.is_floating_point() else like for name, (like, mean) in total.items()}
+            sums[name] = sums.get(name, 0.0) + tensor.float() * weight
+    return {name: sums[name].to(like.dtype) if like.is_floating_point() else like for name, like in first.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
