@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,8 +45,22 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     bench.check_work(bench.parse_args(["--steps", "10", "--skip", "distilled"]), work)  # what is skipped changes no result
     bench.check_work(bench.parse_args(["--steps", "10", "--outtype", "none"]), work)  # GGUF rows are added or left out
     bench.check_work(bench.parse_args(["--steps", "10", "--generate-users", "5"]), work)  # so are the chat answers
+    bench.check_work(bench.parse_args(["--steps", "10", "--threads", "1"]), work)  # nor how many cores run it
     with pytest.raises(SystemExit, match="other settings .*steps"):
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
+
+
+def test_threads_reach_llama_cpp_and_bad_counts_are_refused(bench, tiny_llama: Path, tmp_path: Path, capsys) -> None:
+    """``--threads N``: the GGUF rows' llama.cpp scorer and the chat asks run on N threads (a busy machine)."""
+    args = bench.parse_args(["--threads", "1", "--outtype", "f32"])
+    assert bench.eval_config(args, split="test", regime="uniform").threads == 1  # the chat asks' config too
+    gguf = bench.export(args, tiny_llama, tmp_path)
+    assert bench._scorer(gguf, args).llm.n_threads == 1
+    assert bench._scorer(gguf, bench.parse_args([])).llm.n_threads == (os.cpu_count() or 1)
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--threads", bad])
+        assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 def test_models_made_apart_are_scored_as_rows_beside_the_recipe(bench, tiny_llama: Path, tmp_path: Path) -> None:
@@ -79,7 +94,7 @@ def test_the_shipped_gguf_is_scored_through_llama_cpp_like_the_model(bench, tiny
 
 
 @pytest.mark.slow
-def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path, capsys) -> None:
     """Full and slim healed on both regimes; the distilled row with listwise KD and alignment;
     the slim models their own step count; every row scored and each slim row's GGUF too, on
     the healing data and across domains."""
@@ -107,6 +122,7 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
                            "slim mlp-fold + healed (f32 GGUF, llama.cpp)", "slim mlp-fold + healed + distilled (f32 GGUF, llama.cpp)"]
     assert all(row["users"] == 3 and 0 <= row["figures"]["title"]["mean"] <= 1 and len(row["examples"]) == 3 for row in asked.values())
     assert len({row["gguf"] for row in asked.values()}) == 4
+    assert "zero-shot full (f32 GGUF, llama.cpp) asked: 2/3 users" in capsys.readouterr().err  # a slow ask shows it moves
     kept = sorted((tmp_path / "q-work" / "generation").glob("*.answers.json"))  # the answers, judged again on a rerun
     assert len(kept) == 4 and all(len(json.loads(p.read_text())["answers"]) == 3 for p in kept)
     text = out.with_suffix(".md").read_text()

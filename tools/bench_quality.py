@@ -93,6 +93,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype the models are loaded in for scoring (auto: bfloat16 where the hardware has bf16 matmuls, float32 elsewhere)")
     p.add_argument("--device-map", default=None, help="accelerate device map for scoring, e.g. cuda or auto (default: CPU)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of torch (healing, scoring) and llama.cpp (the GGUF rows, the chat asks); default every core, fewer on a busy machine")
     p.add_argument("--cross-data", default=None, metavar="DATA",
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
     p.add_argument("--cross-users", type=int, default=None, metavar="N", help="test users of --cross-data (default --test-users)")
@@ -118,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.generate_users < 0 or args.answers < 1:
         p.error("--generate-users cannot be negative and --answers must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads} (omit it to use every core)")
     if args.generate_users and args.outtype == "none":
         p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
     try:
@@ -260,7 +264,7 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalConfig:
     users = args.test_users if split == "test" else args.valid_users
     return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words,
-                      task_format=args.task_format)
+                      task_format=args.task_format, threads=args.threads)
 
 
 def _joint_cases(dataset, per_regime: list[list]) -> list:
@@ -319,9 +323,9 @@ def export(args: argparse.Namespace, model_dir: Path, work: Path, *, name: str |
 def _scorer(model: Path, args: argparse.Namespace):
     """transformers for a model directory, llama.cpp for a GGUF (what ships)."""
     if str(model).endswith(".gguf"):
-        from ollama_slim.recsys.scorers import LlamaCppScorer
+        from ollama_slim.recsys.scorers import LlamaCppScorer, ScorerOptions
 
-        return LlamaCppScorer(Path(model))
+        return LlamaCppScorer(Path(model), options=ScorerOptions(threads=args.threads))
     from ollama_slim.models.modeling import LoadOptions, load
     from ollama_slim.recsys.scorers import TransformersScorer
 
@@ -524,7 +528,7 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     ``--outtype`` and the chat answers of ``--generate-users`` are cached under names that hold
     them; nor is how often healing checkpoints, nor an
     option added since, while it is at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users", "also")
+    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users", "also", "threads")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
@@ -562,14 +566,15 @@ def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Pat
     targets = {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(found[key]), work, name=_file_key(key))
                for key in ("zero-shot full", "full fine-tuned") if key in found}
     config = GenerationConfig(cases=EvalConfig(data=args.data, split="test", users=args.generate_users, history=args.history,
-                                               title_words=args.title_words))  # the message is the chat's own (phrasings)
+                                               title_words=args.title_words, threads=args.threads))  # the message is the chat's own (phrasings)
+    every = max(1, min(100, args.generate_users // 4))  # a slow ask shows it is moving
     out = {}
     for key, gguf in (targets | ggufs).items():
         began = time.perf_counter()
         make = lambda g=gguf: GreedyChat(g, context=config.context, threads=config.cases.threads)  # noqa: E731
         with CachedAnswers(work / "generation" / f"{_file_key(key)}.answers.json", gguf, make) as answers:
             result = evaluate_generation(gguf, config, answerer=answers,
-                                         progress=lambda done, total: log(f"{key} asked: {done}/{total} users") if done % 100 == 0 and done < total else None)
+                                         progress=lambda done, total: log(f"{key} asked: {done}/{total} users") if done % every == 0 and done < total else None)
         if answers.asked:
             log(f"asked {key} in chat ({answers.asked} of {args.generate_users} users) in {time.perf_counter() - began:.0f}s")
         out[key] = result.to_json(per_user=False)
@@ -578,6 +583,10 @@ def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Pat
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = args.out.with_name(args.out.name + "-work")
     check_work(args, work, defaults=vars(parse_args([])))
     dataset = load_dataset(args.data)
