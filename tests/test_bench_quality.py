@@ -46,6 +46,9 @@ def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     bench.check_work(bench.parse_args(["--steps", "10", "--outtype", "none"]), work)  # GGUF rows are added or left out
     bench.check_work(bench.parse_args(["--steps", "10", "--generate-users", "5"]), work)  # so are the chat answers
     bench.check_work(bench.parse_args(["--steps", "10", "--threads", "1"]), work)  # nor how many cores run it
+    recorded = json.loads((work / "recipe.json").read_text())
+    (work / "recipe.json").write_text(json.dumps({**recorded, "threads": 1}))  # a recipe that recorded them (the keep curve's did)
+    bench.check_work(bench.parse_args(["--steps", "10"]), work)
     with pytest.raises(SystemExit, match="other settings .*steps"):
         bench.check_work(bench.parse_args(["--steps", "20"]), work)
 
@@ -60,7 +63,7 @@ def test_threads_reach_llama_cpp_and_bad_counts_are_refused(bench, tiny_llama: P
     for bad in ("0", "-2"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--threads", bad])
-        assert "--threads must be at least 1" in capsys.readouterr().err
+        assert "argument --threads: must be at least 1" in capsys.readouterr().err
 
 
 def test_models_made_apart_are_scored_as_rows_beside_the_recipe(bench, tiny_llama: Path, tmp_path: Path) -> None:

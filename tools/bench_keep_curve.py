@@ -52,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategy", default="ranked", help="selection strategy (ranked: one pass serves every K)")
     p.add_argument("--recipe", default="distilled", choices=RECIPES, help="healing with the full fine-tuned teacher, or without")
     p.add_argument("--speed-repeats", type=int, default=3, help="llama.cpp speed rounds per model (after one warm-up)")
-    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads for the speed runs (default: its own)")
     p.add_argument("--report", type=Path, default=None, help="append the table and the plot to this report.md")
     p.add_argument("--measure", default="gguf", choices=MEASURES,
                    help="score each slim model as it ships (the --outtype GGUF through llama.cpp), or its transformers twin "
@@ -211,6 +210,7 @@ def append_to_report(report_md: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    bq.use_threads(args)
     report = curve(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(report, args.out.with_suffix(".png"))

@@ -93,8 +93,9 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="dtype the models are loaded in for scoring (auto: bfloat16 where the hardware has bf16 matmuls, float32 elsewhere)")
     p.add_argument("--device-map", default=None, help="accelerate device map for scoring, e.g. cuda or auto (default: CPU)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads of torch (healing, scoring) and llama.cpp (the GGUF rows, the chat asks); default every core, fewer on a busy machine")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                   help="CPU threads of torch (healing, scoring) and llama.cpp (the GGUF rows, the chat asks, the keep curve's speed runs); "
+                        "default every core, fewer on a busy machine")
     p.add_argument("--cross-data", default=None, metavar="DATA",
                    help="also score every model on this data set's test users (cross-domain: retained against the full model fine-tuned on --data)")
     p.add_argument("--cross-users", type=int, default=None, metavar="N", help="test users of --cross-data (default --test-users)")
@@ -115,13 +116,26 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     return p
 
 
+def _threads(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (omit it to use every core)")
+    return n
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    """torch on ``--threads`` (llama.cpp gets them where it is made)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     if args.generate_users < 0 or args.answers < 1:
         p.error("--generate-users cannot be negative and --answers must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads must be at least 1, got {args.threads} (omit it to use every core)")
     if args.generate_users and args.outtype == "none":
         p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
     try:
@@ -534,7 +548,7 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     if recipe_file.is_file():
         earlier = json.loads(recipe_file.read_text())
         added = {k for k in recipe.keys() - earlier.keys() if defaults is not None and k in defaults and recipe[k] == defaults[k]}
-        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k) and k not in added)
+        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k) and k not in added and k not in scoring_only)
         if changed:
             sys.exit(f"error: {work} holds results made with other settings ({', '.join(changed)}); delete it or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
@@ -583,10 +597,7 @@ def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Pat
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     work = args.out.with_name(args.out.name + "-work")
     check_work(args, work, defaults=vars(parse_args([])))
     dataset = load_dataset(args.data)
