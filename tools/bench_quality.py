@@ -546,9 +546,9 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
-        earlier = json.loads(recipe_file.read_text())
+        earlier = {k: v for k, v in json.loads(recipe_file.read_text()).items() if k not in scoring_only}  # as an older recipe may hold them
         added = {k for k in recipe.keys() - earlier.keys() if defaults is not None and k in defaults and recipe[k] == defaults[k]}
-        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k) and k not in added and k not in scoring_only)
+        changed = sorted(k for k in recipe.keys() | earlier.keys() if recipe.get(k) != earlier.get(k) and k not in added)
         if changed:
             sys.exit(f"error: {work} holds results made with other settings ({', '.join(changed)}); delete it or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
