@@ -66,14 +66,20 @@ def test_threads_reach_llama_cpp_and_bad_counts_are_refused(bench, tiny_llama: P
         assert "argument --threads: must be at least 1" in capsys.readouterr().err
 
 
-def test_models_made_apart_are_scored_as_rows_beside_the_recipe(bench, tiny_llama: Path, tmp_path: Path) -> None:
+def test_models_made_apart_are_scored_as_rows_beside_the_recipe(bench, tiny_llama: Path, tmp_path: Path, capsys) -> None:
     """``--also NAME=PATH``: a row of its own (a GGUF also asked in chat), not part of the recipe; bad forms refused."""
     gguf = tmp_path / "stage2.gguf"
     gguf.write_bytes(b"GGUF")
     args = bench.parse_args(["--also", f"slim + answers={tiny_llama}", "--also", f"its gguf={gguf}"])
     assert bench.also_rows(args, {"full fine-tuned": tiny_llama}) == {"slim + answers": tiny_llama, "its gguf": gguf}
-    with pytest.raises(SystemExit, match="already a row"):
-        bench.also_rows(bench.parse_args(["--also", f"full fine-tuned={tiny_llama}"]), {"full fine-tuned": tiny_llama})
+    shipped_row = "slim mlp-fold + healed + distilled (q8_0 GGUF, llama.cpp)"
+    for clash in (["--also", f"full fine-tuned={tiny_llama}"], ["--also", f"{shipped_row}={tiny_llama}"],
+                  ["--also", f"x={tiny_llama}", "--also", f"x={gguf}"]):
+        with pytest.raises(SystemExit):  # refused before any healing, not after it
+            bench.parse_args(clash)
+        assert "names a row twice" in capsys.readouterr().err
+    assert bench.also_rows(bench.parse_args(["--skip", "distilled", "--also", f"{shipped_row}={gguf}"]), {}) == {shipped_row: gguf}
+    assert bench.also_rows(bench.parse_args(["--outtype", "none", "--also", f"{shipped_row}={gguf}"]), {}) == {shipped_row: gguf}
     for bad in ("no-equals-sign", f"={tiny_llama}", f"x={tmp_path / 'missing'}"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--also", bad])

@@ -139,9 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.generate_users and args.outtype == "none":
         p.error("--generate-users asks the GGUFs the rows ship as: give an --outtype (e.g. q8_0)")
     try:
-        also_pairs(args.also)
+        also = [name for name, _ in also_pairs(args.also)]
     except ValueError as e:
         p.error(str(e))
+    taken = sorted({name for name in also if name in recipe_rows(args) or also.count(name) > 1})
+    if taken:
+        p.error(f"--also {taken[0]!r} names a row twice (the recipe's rows: {', '.join(recipe_rows(args))}); give it another name")
     return resolve_precision(args)
 
 
@@ -255,21 +258,42 @@ def models(args: argparse.Namespace, work: Path) -> dict[str, Path]:
     """``{key: model directory}`` in table order, building and healing what is missing."""
     from ollama_slim.models.sources import resolve
 
-    skip = set(filter(None, args.skip.split(",")))
+    rows = row_names(args)
     full = Path(resolve(args.model).model_dir)
-    out = {} if "zero-shot" in skip else {"zero-shot full": full}
-    out["full fine-tuned"] = heal(args, full, work / "ft-full")
-    source = slim_source(args, out["full fine-tuned"])
-    if "plain-drop" not in skip:
-        out["slim plain drop, no healing"] = build_slim(args, work, "none", source=source)
+    out = {rows["zero-shot"]: full} if "zero-shot" in rows else {}
+    out[rows["reference"]] = teacher = heal(args, full, work / "ft-full")
+    source = slim_source(args, teacher)
+    if "plain-drop" in rows:
+        out[rows["plain-drop"]] = build_slim(args, work, "none", source=source)
     slim = build_slim(args, work, args.bridge, source=source)
-    if "bridged-unhealed" not in skip:
-        out[f"slim {args.bridge}, no healing"] = slim
-    if "healed" not in skip:
-        out[f"slim {args.bridge} + healed"] = heal(args, slim, work / f"slim-{args.bridge}-healed", slim=True)
-    if "distilled" not in skip:
-        out[f"slim {args.bridge} + healed + distilled"] = heal(args, slim, work / f"slim-{args.bridge}-distilled", teacher=out["full fine-tuned"], slim=True)
+    if "bridged-unhealed" in rows:
+        out[rows["bridged-unhealed"]] = slim
+    if "healed" in rows:
+        out[rows["healed"]] = heal(args, slim, work / f"slim-{args.bridge}-healed", slim=True)
+    if "distilled" in rows:
+        out[rows["distilled"]] = heal(args, slim, work / f"slim-{args.bridge}-distilled", teacher=teacher, slim=True)
     return out
+
+
+def row_names(args: argparse.Namespace) -> dict[str, str]:
+    """``{part: row name}`` of the recipe's rows this run has (``--skip`` leaves parts out; the
+    reference is always there), in table order."""
+    skip = set(filter(None, args.skip.split(",")))
+    names = {"zero-shot": "zero-shot full", "reference": "full fine-tuned", "plain-drop": "slim plain drop, no healing",
+             "bridged-unhealed": f"slim {args.bridge}, no healing", "healed": f"slim {args.bridge} + healed",
+             "distilled": f"slim {args.bridge} + healed + distilled"}
+    return {part: name for part, name in names.items() if part == "reference" or part not in skip}
+
+
+def gguf_row(key: str, args: argparse.Namespace) -> str:
+    """The row name of ``key``'s model exported at ``--outtype`` and scored through llama.cpp."""
+    return f"{key} ({args.outtype} GGUF, llama.cpp)"
+
+
+def recipe_rows(args: argparse.Namespace) -> list[str]:
+    """Every row name the recipe gives this run: its models and, with an ``--outtype``, the healed slim models' GGUFs."""
+    names = list(row_names(args).values())
+    return names + ([gguf_row(key, args) for key in names if key.startswith("slim") and "healed" in key] if args.outtype != "none" else [])
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -305,11 +329,8 @@ def also_pairs(values: list[str]) -> list[tuple[str, Path]]:
 
 def also_rows(args: argparse.Namespace, found: dict[str, Path]) -> dict[str, Path]:
     """``{NAME: PATH}`` of ``--also``: models made apart from the recipe, scored beside its rows."""
-    rows = {}
-    for name, path in also_pairs(args.also):
-        if name in found or name in rows:
-            sys.exit(f"error: --also {name!r} is already a row of the benchmark; give it another name")
-        rows[name] = path
+    rows = dict(also_pairs(args.also))  # names checked against the recipe's by parse_args
+    assert not rows.keys() & found.keys(), "an --also name is a row of the recipe"
     return rows
 
 
@@ -317,7 +338,7 @@ def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dic
     """``{"<key> (<outtype> GGUF, llama.cpp)": GGUF}`` for every healed slim model, exported (and checked) once."""
     if args.outtype == "none":
         return {}
-    return {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(model_dir), work)
+    return {gguf_row(key, args): export(args, Path(model_dir), work)
             for key, model_dir in found.items() if key.startswith("slim") and "healed" in key}
 
 
