@@ -78,6 +78,7 @@ def test_figures_of_scripted_answers(tiny_run: Path) -> None:
     means = {k: v.mean for k, v in result.figures.items()}
     assert means == pytest.approx({"title": 4 / 6, "new_title": 3 / 6, "target": 1 / 6, "target_or_top10": 2.5 / 6})
     assert result.distinct == pytest.approx(5 / 6) and result.top_answer == (answers[4], 2)
+    assert result.distinct_titles == pytest.approx(2 / 6)  # the target and `other` (twice); not the listed title, not the non-titles
     assert [r["match"] for r in result.per_user] == [t(cases[0].example.target), t(shown[1][-1]), None, None, t(other), t(other)]
     assert all(v.low <= v.mean <= v.high for v in result.figures.values())
     message = scripted.prompts[0].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]

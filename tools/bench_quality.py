@@ -545,11 +545,12 @@ def _generation_lines(generation: dict) -> list[str]:
     first = next(iter(generation.values()))
     lines = ["", f"## asked in chat ({first['users']} test users, greedy answers of <= {first['config']['max_tokens']} tokens through llama.cpp; "
                  f"phrasings {', '.join(first['config']['phrasings'])})", "",
-             "| model | a catalogue title | a title not listed | the target | distinct answers | most common answer |",
-             "| --- | --- | --- | --- | ---: | --- |"]
+             "| model | a catalogue title | a title not listed | the target | distinct answers | distinct titles not listed | most common answer |",
+             "| --- | --- | --- | --- | ---: | ---: | --- |"]
     for key, res in generation.items():
         f, top = res["figures"], res["top_answer"]
-        lines.append(f"| {key} | {_fmt(f['title'])} | {_fmt(f['new_title'])} | {_fmt(f['target'])} | {res['distinct']:.3f} | "
+        titles = f"{res['distinct_titles']:.3f}" if "distinct_titles" in res else "-"  # answers cached before it was measured
+        lines.append(f"| {key} | {_fmt(f['title'])} | {_fmt(f['new_title'])} | {_fmt(f['target'])} | {res['distinct']:.3f} | {titles} | "
                      f"{top['answer'][:40]!r} x {top['users']} |")
     key, last = list(generation.items())[-1]
     for n, ex in enumerate(last["examples"], start=1):

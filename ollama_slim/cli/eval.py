@@ -173,5 +173,6 @@ def _generation_table(result) -> Table:
     for name, value in result.figures.items():
         table.add_row(_FIGURE_NAMES[name], f"{value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]")
     table.add_row("distinct (answers / users)", f"{result.distinct:.3f}")
+    table.add_row("distinct titles not listed (/ users)", f"{result.distinct_titles:.3f}")
     table.add_row("most common answer", f"{result.top_answer[0][:40]!r} x {result.top_answer[1]}")
     return table

@@ -173,6 +173,12 @@ GENERATION_COLUMNS = (("title", "a catalogue title"), ("new_title", "a title the
                       ("target_or_top10", "the target, or ranked top-10"))
 
 
+def _distinct_titles(result: dict[str, Any]) -> str:
+    """A result's distinct titles not listed per user, "-" for one recorded before it was measured."""
+    value = result.get("distinct_titles")
+    return "-" if value is None else f"{value:.2f}"
+
+
 def generation_lines(generation: dict[str, dict[str, Any]]) -> list[str]:
     """The chat measure: shares of users whose greedy answer is a catalogue title..., distinct answers, and example conversations."""
     first = next(iter(generation.values()))
@@ -180,14 +186,14 @@ def generation_lines(generation: dict[str, dict[str, Any]]) -> list[str]:
     lines = [f"Each of {first.get('users')} test users asks the GGUF in one of the phrasings {', '.join(config.get('phrasings', []))} "
              f"(never used in healing), with the Modelfile's TEMPLATE and SYSTEM; greedy answers of at most {config.get('max_tokens')} tokens, "
              "matched to the catalogue (normalised; a year, when given, must be right). Shares of users, 95% intervals:", "",
-             "| model | " + " | ".join(name for _, name in GENERATION_COLUMNS) + " | distinct answers | most common answer |",
-             "|---|" + "---|" * (len(GENERATION_COLUMNS) + 2)]
+             "| model | " + " | ".join(name for _, name in GENERATION_COLUMNS) + " | distinct answers | distinct titles not listed | most common answer |",
+             "|---|" + "---|" * (len(GENERATION_COLUMNS) + 3)]
     for label, result in generation.items():
         figures = result.get("figures", {})
         cells = [_fmt(figures[key]) if key in figures else "-" for key, _ in GENERATION_COLUMNS]
         top = result.get("top_answer", {})
         answer = str(top.get("answer", "")).replace("|", "\\|").replace("\n", " ")[:40]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {result.get('distinct', 0):.2f} | `{answer}` ({top.get('users', 0)} users) |")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {result.get('distinct', 0):.2f} | {_distinct_titles(result)} | `{answer}` ({top.get('users', 0)} users) |")
     examples = next((r.get("examples") for label, r in generation.items() if label.startswith("slim")), None) or []
     for n, example in enumerate(examples, start=1):
         said = str(example.get("message", "")).replace("\n", " / ")

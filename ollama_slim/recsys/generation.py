@@ -16,8 +16,11 @@ as shares of users with 95% bootstrap intervals:
   the same users and candidates): the answer is the target, or the model ranks the target in
   its top 10 of the 1 + N candidates (HR@10 per user, ties counted as in the ranking metrics);
 
-and ``distinct``, the number of distinct answers over the number of users (no interval), the
-most common answer, and three example conversations.
+and ``distinct``, the number of distinct answers over the number of users (no interval),
+``distinct_titles``, the number of distinct catalogue titles among the answers that name one the
+user did not list, over the number of users (runs of made-up words are distinct answers but name
+no title: this is the share that says the answers are personal recommendations), the most common
+answer, and three example conversations.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ class GenerationResult:
     users: list[int]
     figures: dict[str, Interval]
     distinct: float
+    distinct_titles: float  # distinct catalogue titles the users did not list, over the users
     top_answer: tuple[str, int]  # the most common answer (as given) and how many users got it
     per_user: list[dict[str, Any]]
     examples: list[dict[str, Any]]
@@ -165,7 +169,7 @@ class GenerationResult:
         out = {
             "model": self.model, "gguf": self.gguf, "config": self.config.settings(), "data": self.data, "users": len(self.users),
             "chat": {"source": self.chat.source, "template": self.chat.template, "system": self.chat.system, "stops": list(self.chat.stops)},
-            "figures": {k: v.to_json() for k, v in self.figures.items()}, "distinct": self.distinct,
+            "figures": {k: v.to_json() for k, v in self.figures.items()}, "distinct": self.distinct, "distinct_titles": self.distinct_titles,
             "top_answer": {"answer": self.top_answer[0], "users": self.top_answer[1]}, "tokens": self.tokens, "examples": self.examples,
         }
         if per_user:
@@ -279,14 +283,16 @@ def _figures(rows: list[dict[str, Any]], top10: np.ndarray | None, config: EvalC
     return {k: bootstrap_interval(v, resamples=config.resamples, seed=config.seed) for k, v in values.items()}
 
 
-def _diversity(turns: list[Turn], matches: list[TitleMatch]) -> tuple[float, tuple[str, int]]:
-    """Distinct answers per user, and the most common answer (as first given) with its count."""
+def _diversity(turns: list[Turn], matches: list[TitleMatch], rows: list[dict[str, Any]]) -> tuple[float, float, tuple[str, int]]:
+    """Distinct answers per user, distinct catalogue titles not listed per user, and the most
+    common answer (as first given) with its count."""
     if not turns:
-        return float("nan"), ("", 0)
+        return float("nan"), float("nan"), ("", 0)
     counts = Counter(m.label for m in matches)
     label, count = counts.most_common(1)[0]
     first = next(t.answer for t, m in zip(turns, matches) if m.label == label)
-    return len(counts) / len(turns), (first, count)
+    titles = {m.label for m, row in zip(matches, rows) if row["new_title"]}
+    return len(counts) / len(turns), len(titles) / len(turns), (first, count)
 
 
 # --------------------------------------------------------------------------- the measure
@@ -316,10 +322,10 @@ def evaluate_generation(model: str | Path, config: GenerationConfig, *, ranks: E
         if own:
             answerer.close()
     rows, matches = judge(dataset, cases, turns, config.cases)
-    distinct, top = _diversity(turns, matches)
+    distinct, distinct_titles, top = _diversity(turns, matches, rows)
     result = GenerationResult(
         model=str(model), gguf=str(gguf), chat=chat, config=config, data=dataset.summary(), users=users,
-        figures=_figures(rows, top10, config.cases), distinct=distinct, top_answer=top, per_user=rows,
+        figures=_figures(rows, top10, config.cases), distinct=distinct, distinct_titles=distinct_titles, top_answer=top, per_user=rows,
         examples=pick_examples(rows, turns, config.examples), tokens=sum(t.tokens for t in turns), seconds=seconds,
     )
     if config.cases.run_dir is not None:
