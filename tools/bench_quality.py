@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(e))
     taken = sorted({name for name in also if name in recipe_rows(args) or also.count(name) > 1})
     if taken:
-        p.error(f"--also {taken[0]!r} names a row twice (the recipe's rows: {', '.join(recipe_rows(args))}); give it another name")
+        p.error(f"--also {taken[0]!r} names a row twice (the recipe's rows: {'; '.join(recipe_rows(args))}); give it another name")
     return resolve_precision(args)
 
 
