@@ -293,7 +293,12 @@ def gguf_row(key: str, args: argparse.Namespace) -> str:
 def recipe_rows(args: argparse.Namespace) -> list[str]:
     """Every row name the recipe gives this run: its models and, with an ``--outtype``, the healed slim models' GGUFs."""
     names = list(row_names(args).values())
-    return names + ([gguf_row(key, args) for key in names if key.startswith("slim") and "healed" in key] if args.outtype != "none" else [])
+    return names + ([gguf_row(key, args) for key in names if ships(key)] if args.outtype != "none" else [])
+
+
+def ships(key: str) -> bool:
+    """Whether row ``key`` is a healed slim model, which the benchmark also scores as the GGUF it ships as."""
+    return key.startswith("slim") and "healed" in key
 
 
 # --- scoring ------------------------------------------------------------------------------
@@ -339,7 +344,7 @@ def shipped(args: argparse.Namespace, found: dict[str, Path], work: Path) -> dic
     if args.outtype == "none":
         return {}
     return {gguf_row(key, args): export(args, Path(model_dir), work)
-            for key, model_dir in found.items() if key.startswith("slim") and "healed" in key}
+            for key, model_dir in found.items() if ships(key)}
 
 
 def export(args: argparse.Namespace, model_dir: Path, work: Path, *, name: str | None = None) -> Path:
