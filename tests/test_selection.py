@@ -107,6 +107,29 @@ def test_run_directory_without_scores(tmp_path: Path) -> None:
         select_layers(SelectConfig(source=str(tmp_path), keep=2))
 
 
+def test_selection_on_two_data_sets_measures_the_users_of_both(scored_run: Path, toy_data: Path, tmp_path: Path) -> None:
+    other = write_toy_data(tmp_path / "other", seed=1)
+    alone = select_layers(SelectConfig(source=str(scored_run), keep=3, strategy="ranked", data=str(other), val_users=6, batch_size=3))
+    one = _select(scored_run, keep=3, strategy="ranked")
+    two = _select(scored_run, keep=3, strategy="ranked", also_data=(str(other),))
+    assert [s.layers for s in two.steps] == [s.layers for s in one.steps]  # the order is the scores'; only the measure changes
+    for a, b, both in zip([one.full, *one.steps], [alone.full, *alone.steps], [two.full, *two.steps]):
+        assert both.val_loss == pytest.approx((a.val_loss + b.val_loss) / 2, abs=1e-5)  # 6 users from each set
+        assert both.ndcg10 == pytest.approx((a.ndcg10 + b.ndcg10) / 2, abs=1e-6)
+    assert one.full.val_loss != pytest.approx(alone.full.val_loss, abs=1e-3)
+    assert json.loads((scored_run / "selection.json").read_text())["also_data"] == [str(other)]
+
+
+def test_cli_select_takes_data_twice(tiny_llama: Path, toy_data: Path, tmp_path: Path) -> None:
+    other = write_toy_data(tmp_path / "other", seed=1)
+    result = CliRunner().invoke(main, ["select", str(tiny_llama), "--keep", "2", "--strategy", "backward", "--data", str(toy_data), "--data", str(other),
+                                       "--val-users", "4", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "4 validation users from each of 2 data sets" in " ".join(result.output.split())
+    data = json.loads((tmp_path / "run" / "selection.json").read_text())
+    assert (data["data"], data["also_data"], len(data["kept"])) == (str(toy_data), [str(other)], 2)
+
+
 def test_check_target_accepts_good_values() -> None:
     check_target(keep=1, min_retained=None, num_layers=2)
     check_target(keep=None, min_retained=1.0, num_layers=2)

@@ -20,7 +20,7 @@ from ollama_slim import paths
 from ollama_slim.recsys.data import CandidateSampler, load_dataset
 from ollama_slim.errors import RunError, SelectionError, UsageError
 from ollama_slim.slimming.importance.plots import plot_selection
-from ollama_slim.slimming.importance.probes import SubsetEvaluator, build_probe, ndcg_at, probe_examples, random_ndcg, target_nll
+from ollama_slim.slimming.importance.probes import SubsetEvaluator, ndcg_at, pack_probe, probe_examples, probe_rows, random_ndcg, target_nll
 from ollama_slim.slimming.importance.stage import ScoreConfig, default_run_dir, open_model, read_scores, score_layers
 from ollama_slim.models.families import Family, family_of
 from ollama_slim.models.lm import LayerRunner
@@ -43,7 +43,9 @@ class SelectConfig:
     """What to select from: a run directory (with scores.json) or a model reference.
 
     Exactly one of ``keep`` (layers to keep) and ``min_retained`` (share of the full
-    model's NDCG@10 lift over chance to keep, design §3).
+    model's NDCG@10 lift over chance to keep, design §3). ``also_data``: more data sets whose
+    validation users (``val_users`` from each) are measured with those of ``data``, so the
+    kept layers serve every domain (``ranked``'s order still comes from the scores).
     """
 
     source: str
@@ -51,6 +53,7 @@ class SelectConfig:
     min_retained: float | None = None
     strategy: str = DEFAULT_STRATEGY
     data: str | None = None
+    also_data: tuple[str, ...] = ()
     val_users: int = 64
     run_dir: Path | None = None
     methods: tuple[str, ...] = RANKED_METHODS  # for scoring first, when `ranked` finds no scores
@@ -269,12 +272,15 @@ def _search_context(config: SelectConfig, net: Any, tokenizer: Any, data: str, n
     """Validation probes (title loss; ranking over 1 + negatives candidates) and the target."""
     if config.val_users <= 0:
         raise UsageError(f"--val-users must be positive, got {config.val_users}")
-    dataset = load_dataset(data)
-    items = probe_examples(dataset, split="valid", users=config.val_users, seed=config.seed, history=config.prompt.history)
     dtype, runner, budget = torch_dtype(config.dtype), LayerRunner(net), config.cache_gb * 1e9 / 2
-    sampler = CandidateSampler(dataset, negatives=config.negatives, seed=config.seed)
-    loss = SubsetEvaluator(runner, build_probe(tokenizer, dataset, items, prompt=config.prompt, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
-    rank = SubsetEvaluator(runner, build_probe(tokenizer, dataset, items, sampler=sampler, prompt=config.prompt, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
+    titles, ranking = [], []  # every data set's validation rows: the target alone, and 1 + negatives candidates
+    for name in (data, *config.also_data):
+        dataset = load_dataset(name)
+        items = probe_examples(dataset, split="valid", users=config.val_users, seed=config.seed, history=config.prompt.history)
+        titles += probe_rows(tokenizer, dataset, items, prompt=config.prompt)
+        ranking += probe_rows(tokenizer, dataset, items, sampler=CandidateSampler(dataset, negatives=config.negatives, seed=config.seed), prompt=config.prompt)
+    loss = SubsetEvaluator(runner, pack_probe(tokenizer, titles, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
+    rank = SubsetEvaluator(runner, pack_probe(tokenizer, ranking, batch_size=config.batch_size, dtype=dtype), max_bytes=budget)
     fam = family_of(net)
     types = original_types(fam, net.config)
     if config.keep is not None and not feasible(fam, types, must=(), may=range(num_layers), count=config.keep):
@@ -307,7 +313,7 @@ def select_layers(config: SelectConfig, *, progress: Progress | None = None) -> 
     used = None if scores is None else {"file": str(layout.scores), "methods": list(scores.get("methods", {})), "fused": scores["fused"], "order": scores["order"]}
     result = SelectResult(model=model, num_layers=num_layers, kept=steps[-1].layers, strategy=config.strategy, steps=steps, full=ctx.full, chance=ctx.chance,
                           cache={"search": ctx.loss.cache.stats(), "quality": ctx.rank.cache.stats()}, scores=used, path=layout.selection, png=layout.selection_png,
-                          extra={"data": data, "split": "valid", "val_users": config.val_users, "target": {"keep": config.keep, "min_retained": config.min_retained}})
+                          extra={"data": data, "also_data": list(config.also_data), "split": "valid", "val_users": config.val_users, "target": {"keep": config.keep, "min_retained": config.min_retained}})
     paths.write_json(layout.selection, result.to_json())
     plot_selection(layout.selection_png, steps=[asdict(s) for s in steps], full=asdict(ctx.full), chance=ctx.chance, title=f"{config.strategy} selection: {model}")
     return result

@@ -16,7 +16,7 @@ import torch
 from ollama_slim.recsys.data import CandidateSampler, Dataset, Example, examples, select_users
 from ollama_slim.recsys.metrics import per_user_metrics, random_baseline
 from ollama_slim.recsys.prompt import PromptConfig, encode_items
-from ollama_slim.models.lm import LayerRunner, PackedBatch, pack
+from ollama_slim.models.lm import LayerRunner, PackedBatch, Row, pack
 from ollama_slim.slimming.importance.subsets import PrefixCache
 
 
@@ -35,17 +35,24 @@ def probe_examples(dataset: Dataset, *, split: str, users: int | None, seed: int
     return examples(dataset, split=split, history=history, users=chosen, last_only=True)
 
 
-def build_probe(tokenizer: Any, dataset: Dataset, items: list[Example], *, sampler: CandidateSampler | None = None,
-                prompt: PromptConfig = PromptConfig(), batch_size: int = 8, dtype: torch.dtype = torch.float32) -> Probe:
-    """Encode and pack ``items``: the target title alone, or all ``sampler`` candidates."""
-    rows = []
-    for example in items:
-        cands = sampler(example) if sampler is not None else (example.target,)
-        rows.append(encode_items(tokenizer, dataset, example, cands, prompt))
-    rows.sort(key=lambda r: len(r[0]) + sum(len(c) for c in r[1]))  # less padding per batch
+def probe_rows(tokenizer: Any, dataset: Dataset, items: list[Example], *, sampler: CandidateSampler | None = None,
+               prompt: PromptConfig = PromptConfig()) -> list[Row]:
+    """Encoded rows of ``items``: the prompt and the target title alone, or all ``sampler`` candidates."""
+    return [encode_items(tokenizer, dataset, example, sampler(example) if sampler is not None else (example.target,), prompt) for example in items]
+
+
+def pack_probe(tokenizer: Any, rows: list[Row], *, batch_size: int = 8, dtype: torch.dtype = torch.float32) -> Probe:
+    """Pack encoded ``rows`` (from one data set or several, with as many continuations each) into a probe."""
+    rows = sorted(rows, key=lambda r: len(r[0]) + sum(len(c) for c in r[1]))  # less padding per batch
     pad = tokenizer.pad_token_id or 0
     batches = [pack(rows[i : i + batch_size], dtype=dtype, pad_id=pad, first_example=i) for i in range(0, len(rows), batch_size)]
     return Probe(batches=batches, examples=len(rows), conts=len(rows[0][1]))
+
+
+def build_probe(tokenizer: Any, dataset: Dataset, items: list[Example], *, sampler: CandidateSampler | None = None,
+                prompt: PromptConfig = PromptConfig(), batch_size: int = 8, dtype: torch.dtype = torch.float32) -> Probe:
+    """Encode and pack ``items``: the target title alone, or all ``sampler`` candidates."""
+    return pack_probe(tokenizer, probe_rows(tokenizer, dataset, items, sampler=sampler, prompt=prompt), batch_size=batch_size, dtype=dtype)
 
 
 def target_nll(loglik: torch.Tensor) -> float:
