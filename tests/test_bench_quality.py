@@ -140,6 +140,17 @@ def test_the_whole_benchmark_heals_with_the_teacher_and_reports_the_budget(bench
     assert "listwise KD over the candidates (weight 1.0" in text and "the slim models 3 steps" in text
 
 
+def test_a_selection_can_measure_a_second_data_set(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    base = ["--model", str(tiny_llama), "--data", str(amazon_dir), "--select-users", "3", "--dtype", "float32"]
+    both = bench.select_path(bench.parse_args([*base, "--select-data", "movielens-100k"]), tmp_path, strategy="backward", target=2)
+    one = bench.select_path(bench.parse_args(base), tmp_path, strategy="backward", target=2)
+    selections = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "select").rglob("selection.json")}
+    assert selections["movielens-100k"]["also_data"] == ["movielens-100k"] and selections["select"]["also_data"] == []
+    assert selections["movielens-100k"]["full"]["val_loss"] != pytest.approx(selections["select"]["full"]["val_loss"])  # other users measured
+    assert sorted(both) == sorted(one) == [2, 3, 4, 5]  # each cached apart: neither run read the other's path
+    assert (tmp_path / "select" / "backward-2.json").is_file() and (tmp_path / "select" / "movielens-100k" / "backward-2.json").is_file()
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_follows_the_hardware(bench, monkeypatch, native: bool) -> None:
     """``auto`` is bf16 only where bf16 matmuls are native (torch emulates them on AVX2 CPUs, about

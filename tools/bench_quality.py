@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/amazon-electronics-2014"))
     p.add_argument("--kept", default=DEFAULT_KEPT, help="kept layers (comma-separated), or STRATEGY:K to select K on validation users (e.g. ranked:8)")
     p.add_argument("--select-users", type=int, default=32, help="validation users a STRATEGY:K selection measures on")
+    p.add_argument("--select-data", action="append", default=[], metavar="DIR_OR_NAME",
+                   help="another data set whose validation users a STRATEGY:K selection measures too (--select-users from each; repeatable)")
     p.add_argument("--bridge", default="mlp-fold")
     p.add_argument("--calib-tokens", type=int, default=4096)
     p.add_argument("--test-users", type=int, default=500)
@@ -197,12 +200,14 @@ def select_path(args: argparse.Namespace, work: Path, *, strategy: str, target: 
     users (cached in ``work``/select; the path of ``ranked`` and ``forward`` holds every smaller set)."""
     from ollama_slim.slimming.selection import SelectConfig, select_layers
 
-    cache = work / "select" / f"{strategy}-{target}.json"
+    also = tuple(map(str, args.select_data))
+    run_dir = work / "select" / ("+".join(re.sub(r"[^A-Za-z0-9._-]+", "-", Path(d).name) for d in also) if also else "")
+    cache = run_dir / f"{strategy}-{target}.json"
     if cache.is_file():
         return {int(k): v for k, v in json.loads(cache.read_text()).items()}
-    log(f"selecting layers ({strategy}) to {target}")
-    result = select_layers(SelectConfig(source=args.model, keep=target, strategy=strategy, data=args.data, val_users=args.select_users,
-                                        run_dir=work / "select", dtype=args.dtype, device_map=args.device_map), progress=log)
+    log(f"selecting layers ({strategy}) to {target}" + (f" on {args.data} and {', '.join(also)}" if also else ""))
+    result = select_layers(SelectConfig(source=args.model, keep=target, strategy=strategy, data=args.data, also_data=also, val_users=args.select_users,
+                                        run_dir=run_dir, dtype=args.dtype, device_map=args.device_map), progress=log)
     path = {len(step.layers): sorted(step.layers) for step in result.steps}
     cache.write_text(json.dumps(path) + "\n")
     return path
