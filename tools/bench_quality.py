@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -198,10 +197,11 @@ def slim_source(args: argparse.Namespace, teacher: Path) -> Path | None:
 def select_path(args: argparse.Namespace, work: Path, *, strategy: str, target: int) -> dict[int, list[int]]:
     """``{size: kept layers}`` along one ``strategy`` selection to ``target`` layers on validation
     users (cached in ``work``/select; the path of ``ranked`` and ``forward`` holds every smaller set)."""
+    from ollama_slim.slimming.importance.stage import default_run_dir
     from ollama_slim.slimming.selection import SelectConfig, select_layers
 
     also = tuple(map(str, args.select_data))
-    run_dir = work / "select" / ("+".join(re.sub(r"[^A-Za-z0-9._-]+", "-", Path(d).name) for d in also) if also else "")
+    run_dir = work / "select" / "+".join(default_run_dir(d).name for d in also)  # a data set's file-name form, as `score` names runs
     cache = run_dir / f"{strategy}-{target}.json"
     if cache.is_file():
         return {int(k): v for k, v in json.loads(cache.read_text()).items()}

@@ -47,8 +47,7 @@ def command(run_or_model: str, keep: int | None, min_retained: float | None, str
                           run_dir=run_dir, hf=hf, dtype=dtype, device_map=device_map)
     with working("Selecting layers...") as status:
         result = select_layers(config, progress=lambda text: status(f"Selecting layers ({strategy}): {text}"))
-    sets = 1 + len(result.extra["also_data"])
-    table = Table(title=f"{strategy} selection on {val_users} validation users" + (f" from each of {sets} data sets" if sets > 1 else ""))
+    table = Table(title=f"{strategy} selection on {val_users} validation users" + (f" from each of {len(data)} data sets" if len(data) > 1 else ""))
     for name in ("layers kept", "changed", "val loss", "NDCG@10", "retained"):
         table.add_column(name, justify="right")
     table.add_row(f"all {result.num_layers}", "", f"{result.full.val_loss:.4f}", f"{result.full.ndcg10:.4f}", "1.00", style="dim")
