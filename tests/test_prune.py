@@ -136,6 +136,8 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-regimes", "uniform,zipf"], "zipf"),
         (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--align-weight", "-1"], "--align-weight must be 0 or more"),
+        (["prune", "smollm2:135m", "--keep", "10", "--select-data", f"movielens-100k,{tmp_path / 'no-such-data'}"], "no-such-data' not found"),
+        (["prune", "smollm2:135m", "--keep", "10", "--cross-domain", "movielens-1m"], "data set 'movielens-1m' not found"),
     ]:
         result = runner.invoke(main, [*args, "--run-dir", str(tmp_path / "run")])
         assert result.exit_code != 0, args
@@ -206,9 +208,11 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
 
     config = PruneConfig(model="smollm2:135m", keep=8, steps=3, checkpoint_every=1, bench_repeats=2, seed=4, title_words=7, bridge="none",
                          methods=("angular",), register=False, reference=True, run_dir=tmp_path / "r", cross_domain="movielens-100k",
-                         rank_negatives=4, rank_regimes=("uniform", "popularity"), teacher="original", listwise_weight=1.0, align_weight=0.5)
+                         rank_negatives=4, rank_regimes=("uniform", "popularity"), teacher="original", listwise_weight=1.0, align_weight=0.5,
+                         select_data=("ml-100k", str(tmp_path / "amazon")))
     params = command.make_context("prune", shlex.split(command_line(config))[2:]).params
     assert params["methods"] == ("angular",)  # --methods parses to the config's tuple
+    assert params["select_data"] == ("ml-100k", str(tmp_path / "amazon"))
     params["run_dir"] = Path(params["run_dir"])
     assert PruneConfig(**params) == config
 

@@ -30,6 +30,14 @@ def _recipe(key: str) -> str:
     return "; ".join(f"{fmt}: {RECIPES[fmt][key]}" for fmt in RECIPES)
 
 
+def _data_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
+    """``--select-data "a,b"`` (or a YAML list) -> ``("a", "b")``, none twice; nothing -> ``()``."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """``--config FILE``: YAML keys (option names, ``-`` or ``_``) become option defaults."""
     if value is None:
@@ -64,6 +72,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, metavar="LIST", callback=comma_list(lambda: METHODS),
               help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
+@click.option("--select-data", metavar="LIST", callback=_data_list,
+              help="More data sets (names or directories, comma-separated) whose validation users the selection measures too: "
+                   "layers that serve those domains as well as --data's. Healing still uses --data alone.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
 @click.option("--steps", type=int, show_default=_recipe("steps"), help="Healing steps; 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)

@@ -22,6 +22,7 @@ from ollama_slim.pipeline.config import RECIPES, TEACHERS, PruneConfig, command_
 from ollama_slim.pipeline.layout import RunLayout
 from ollama_slim.pipeline.runner import StageRunner, config_key
 from ollama_slim.pipeline.stages import STAGE_TABLE, STAGES
+from ollama_slim.recsys.data import find_dataset
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.slimming.finetune import FinetuneConfig, check_config as check_finetune
 from ollama_slim.slimming.importance.methods import METHODS
@@ -76,6 +77,8 @@ def check_config(config: PruneConfig) -> None:
                                       rank_regimes=config.rank_regimes, answers=config.answers, popularity_debias=config.popularity_debias,
                                       cf_answers=config.cf_answers, cf_share=config.cf_share, cf_vocab=config.cf_vocab,
                                       full=config.full, **distill))
+    for name in (config.data, *config.select_data, *([config.cross_domain] if config.cross_domain else [])):
+        find_dataset(name)  # a mistyped data set fails now, not after the scores
     parse_name(config.slim_name)  # a name Ollama would refuse fails now, not after an hour
 
 

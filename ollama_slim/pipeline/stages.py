@@ -63,8 +63,8 @@ def _score_config(c: PruneConfig, layout: RunLayout) -> ScoreConfig:
 
 
 def _select_config(c: PruneConfig, layout: RunLayout) -> SelectConfig:
-    return SelectConfig(source=str(layout.root), hf=c.hf, keep=c.keep, min_retained=c.min_retained, strategy=c.strategy, data=c.data, val_users=c.val_users,
-                        run_dir=layout.root, dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=_prompt(c))
+    return SelectConfig(source=str(layout.root), hf=c.hf, keep=c.keep, min_retained=c.min_retained, strategy=c.strategy, data=c.data,
+                        also_data=c.select_data, val_users=c.val_users, run_dir=layout.root, dtype=c.dtype, device_map=c.device_map, seed=c.seed, prompt=_prompt(c))
 
 
 def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:

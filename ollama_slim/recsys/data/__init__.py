@@ -9,9 +9,9 @@ GroupLens, RecBole atomic files); named data sets (``movielens-100k``) in ``NAME
 from ollama_slim.recsys.data import amazon
 from ollama_slim.recsys.data import movielens  # noqa: F401  (register their loaders and named data sets)
 from ollama_slim.recsys.data.core import CandidateSampler, Dataset, Example, examples, make_dataset, sample_candidates, select_users, train_popularity
-from ollama_slim.recsys.data.loaders import LOADERS, NAMED, load_dataset
+from ollama_slim.recsys.data.loaders import LOADERS, NAMED, find_dataset, load_dataset
 
 __all__ = [
-    "CandidateSampler", "Dataset", "Example", "LOADERS", "NAMED", "examples", "load_dataset", "make_dataset",
+    "CandidateSampler", "Dataset", "Example", "LOADERS", "NAMED", "examples", "find_dataset", "load_dataset", "make_dataset",
     "sample_candidates", "select_users", "train_popularity",
 ]

@@ -38,8 +38,9 @@ def register_loader(name: str, detect: Callable[[Path], bool]) -> Callable[[Call
     return wrap
 
 
-def load_dataset(name_or_path: str | Path) -> Dataset:
-    """A data set by name (``movielens-100k``) or by path (a directory of a known format)."""
+def find_dataset(name_or_path: str | Path) -> tuple[Path, Loader]:
+    """Where a data set by name or path lies and the loader of its format, without reading it (a cheap
+    check before hours of work); a one-line :class:`DataError` when there is none."""
     key = str(name_or_path)
     if key in NAMED:
         path = NAMED[key]()
@@ -50,8 +51,14 @@ def load_dataset(name_or_path: str | Path) -> Dataset:
             raise DataError(f"data set {key!r} not found", hint=f"pass a directory or one of: {names}")
     for loader in LOADERS.values():
         if loader.detect(path):
-            return loader.load(path)
+            return path, loader
     raise DataError(f"{path} holds no data set in a known format", hint=f"known formats: {', '.join(LOADERS)}")
+
+
+def load_dataset(name_or_path: str | Path) -> Dataset:
+    """A data set by name (``movielens-100k``) or by path (a directory of a known format)."""
+    path, loader = find_dataset(name_or_path)
+    return loader.load(path)
 
 
 def open_text(path: Path):
