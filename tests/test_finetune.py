@@ -318,7 +318,8 @@ def test_cli_finetunes_and_reports_errors_in_one_line(tiny_llama: Path, tiny_dat
     bad = CliRunner().invoke(main, ["finetune", str(tiny_llama), "--data", str(tiny_data), "--out", str(tmp_path / "o2")])
     assert bad.exit_code == 2
     assert "Error: give either --steps or --epochs (exactly one). e.g. --steps 150" in bad.output
-    for option, value, message in [("--rank-negatives", "-1", "--rank-negatives must be 0 or more"), ("--rank-weight", "1.5", "--rank-weight must be between 0 and 1")]:
+    for option, value, message in [("--rank-negatives", "-1", "--rank-negatives must be 0 or more"), ("--rank-weight", "1.5", "--rank-weight must be between 0 and 1"),
+                                   ("--general-weight", "0.5", "--general-weight needs a teacher (--distill-from)")]:
         bad = CliRunner().invoke(main, [*args[:-1], "--force", option, value])
         assert bad.exit_code == 2 and f"Error: {message}" in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
 
@@ -630,11 +631,53 @@ def test_a_measure_at_start_keeps_the_starting_weights_when_no_step_beats_them(t
     assert "val_at_start" in _config(tiny_llama, tiny_data, tmp_path / "x", val_at_start=True, **kw).fingerprint()
 
 
-def test_interrupted_distillation_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_general_text_kd_is_zero_for_the_teacher_itself_and_aligns_at_the_original_indices(tiny_qwen2: Path) -> None:
+    """On text the teacher wrote: the teacher cut to 0,2,5 where 1,3,4 are the identity has its very
+    distribution and layer outputs (KL and alignment 0 at the original indices), a changed one does not."""
+    from ollama_slim.models.modeling import load_tokenizer
+    from ollama_slim.slimming.build import slice_model
+    from ollama_slim.slimming.finetune.general import general_loss, teacher_corpus
+
+    teacher = _identity_gaps_teacher(tiny_qwen2, [1, 3, 4])
+    student = slice_model(teacher, [0, 2, 5])
+    texts = teacher_corpus(teacher, load_tokenizer(tiny_qwen2), texts=3, tokens=7, seed=0, path=Path("unused"), write=False)
+    ids = torch.tensor(texts)
+    assert ids.shape == (3, 8) and (ids[:, 0] == 1).all()  # the start token, then 7 sampled ones
+    kind = "nmse"
+    assert general_loss(student, teacher, ids, base=student).item() < 1e-6
+    assert general_loss(student, teacher, ids, base=student, align=((0, 1, 2), (0, 2, 5), kind), align_weight=1.0).item() < 1e-6
+    assert general_loss(student, teacher, ids, base=student, align=((0, 1, 2), (0, 1, 2), kind), align_weight=1.0).item() > 0.05  # the student's own indices
+    with torch.no_grad():
+        student.model.layers[2].mlp.down_proj.weight.mul_(3.0)
+    student.requires_grad_(True)
+    kl = general_loss(student, teacher, ids, base=student)
+    assert kl.item() > 1e-4
+    kl.backward()
+    assert student.model.layers[0].mlp.down_proj.weight.grad.abs().sum() > 0 and all(p.grad is None for p in teacher.parameters())
+
+
+def test_the_teachers_text_is_seeded_and_written_once(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_slim.models.modeling import load_model, load_tokenizer
+    from ollama_slim.slimming.finetune.general import teacher_corpus
+
+    teacher, tokenizer = load_model(tiny_llama).requires_grad_(False), load_tokenizer(tiny_llama)
+    path = tmp_path / "general.json"
+    first = teacher_corpus(teacher, tokenizer, texts=20, tokens=5, seed=3, path=path)  # two sampling batches
+    assert len(first) == 20 and {len(t) for t in first} == {6} and len({tuple(t) for t in first}) > 10  # sampled, not one greedy text
+    assert teacher_corpus(teacher, tokenizer, texts=20, tokens=5, seed=3, path=tmp_path / "again.json") == first  # the seed decides
+    assert teacher_corpus(teacher, tokenizer, texts=20, tokens=5, seed=4, path=tmp_path / "other.json") != first
+    monkeypatch.setattr(teacher, "generate", lambda *a, **kw: pytest.fail("the written text must be read, not sampled again"))
+    assert teacher_corpus(teacher, tokenizer, texts=20, tokens=5, seed=3, path=path) == first
+    with pytest.raises(pytest.fail.Exception):  # other settings: that file is not this corpus
+        teacher_corpus(teacher, tokenizer, texts=20, tokens=6, seed=3, path=path)
+
+
+@pytest.mark.parametrize("general", [0.0, 0.5])
+def test_interrupted_distillation_resumes_to_the_same_weights(tiny_qwen2: Path, tiny_data: Path, tmp_path: Path, general: float) -> None:
     compact = _compact(tiny_qwen2, tmp_path / "compact", [0, 2, 5])
     kw = dict(users=4, rank_negatives=2, fixed_negatives=True, rank_regimes=("uniform", "popularity"), distill_from=str(tiny_qwen2),
               distill_weight=0.3, distill_listwise_weight=0.5, distill_temperature=2.0, align_weight=0.5, align_kind="nmse", teacher_cache=True,
-              early_stop_patience=10, eval_every=2)
+              early_stop_patience=10, eval_every=2, general_weight=general, general_texts=6, general_tokens=5)
     straight = ft.finetune(_config(compact, tiny_data, tmp_path / "a", **kw))
 
     def stop_after_five(progress: ft.FinetuneProgress) -> None:
@@ -652,6 +695,10 @@ def test_interrupted_distillation_resumes_to_the_same_weights(tiny_qwen2: Path, 
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    corpus = straight.checkpoint_dir / "general.json"
+    assert corpus.is_file() == (general > 0) and (general == 0 or len(json.loads(corpus.read_text())["ids"]) == 6)
+    if general:  # the general term is in the loss: without it the same steps give other losses
+        assert ft.finetune(_config(compact, tiny_data, tmp_path / "c", **{**kw, "general_weight": 0.0})).losses != straight.losses
 
 
 def test_new_options_are_off_by_default_and_checked() -> None:
@@ -669,6 +716,9 @@ def test_new_options_are_off_by_default_and_checked() -> None:
         (dict(distill_temperature=0.0), "--distill-temperature must be positive"),
         (dict(align_weight=1.0), "--align-weight needs a teacher"),
         (dict(teacher_cache=True), "--teacher-cache needs a teacher"),
+        (dict(general_weight=0.5), "--general-weight needs a teacher"),
+        (dict(general_weight=-0.5, **teacher), "--general-weight must be 0 or more"),
+        (dict(general_weight=0.5, general_tokens=0, **teacher), "--general-texts and --general-tokens must be positive"),
         (dict(distill_listwise_weight=0.5, **teacher), "--distill-listwise-weight needs candidates to rank"),
         (dict(distill_listwise_weight=0.5, rank_negatives=2, teacher_cache=True, **teacher), "needs --fixed-negatives"),
         (dict(align_kind="l1"), "--align-kind 'l1' is not known"),

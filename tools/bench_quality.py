@@ -80,6 +80,10 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--align-weight", type=float, default=0.0, metavar="W", help="distilled row: hidden-state alignment with the teacher's layers")
     p.add_argument("--align-kind", default="cosine", help="distilled row: cosine or nmse")
     p.add_argument("--align-at", default="gap-end", help="distilled row: kept (the layer's original index) or gap-end")
+    p.add_argument("--general-weight", type=float, default=0.0,
+                   help="distilled row: the teacher's KL (and alignment) on text it wrote itself, general knowledge the task's prompts lack (0: off)")
+    p.add_argument("--general-texts", type=int, default=256, help="distilled row: sequences the teacher writes for --general-weight")
+    p.add_argument("--general-tokens", type=int, default=64, help="distilled row: tokens in each of them")
     p.add_argument("--teacher-cache", action="store_true", help="distilled row: the teacher's outputs cached on disk (draws negatives once per example)")
     p.add_argument("--early-stop-patience", type=int, default=0, metavar="N", help="healing: stop after N validation measures without a better one (0: every step)")
     p.add_argument("--eval-every", type=int, default=50, help="healing: steps between validation measures")
@@ -230,7 +234,8 @@ def heal_config(args: argparse.Namespace, model_dir: Path, out: Path, *, teacher
     if teacher is not None:
         distill = dict(distill_from=str(teacher), distill_weight=args.distill_weight, distill_listwise_weight=args.listwise_weight,
                        distill_temperature=args.distill_temperature, align_weight=args.align_weight, align_kind=args.align_kind,
-                       align_at=args.align_at, teacher_cache=args.teacher_cache, fixed_negatives=args.teacher_cache and args.listwise_weight > 0)
+                       align_at=args.align_at, teacher_cache=args.teacher_cache, general_weight=args.general_weight, general_texts=args.general_texts,
+                       general_tokens=args.general_tokens, fixed_negatives=args.teacher_cache and args.listwise_weight > 0)
     return FinetuneConfig(
         model=str(model_dir), data=args.data, out_dir=out, steps=steps, lora_rank=args.lora_rank, full=args.full, lr=lr,
         batch_size=args.batch_size, history=args.history, title_words=args.title_words, checkpoint_every=args.checkpoint_every,
@@ -475,6 +480,9 @@ def _distill_recipe(cfg: dict) -> str:
         terms.append(f"listwise KD over the candidates (weight {cfg['listwise_weight']}, T {cfg['distill_temperature']})")
     if cfg.get("align_weight"):
         terms.append(f"{cfg['align_kind']} hidden-state alignment at {cfg['align_at']} (weight {cfg['align_weight']})")
+    if cfg.get("general_weight"):
+        terms.append(f"the teacher's KL{' and alignment' if cfg.get('align_weight') else ''} on {cfg['general_texts']} texts of "
+                     f"{cfg['general_tokens']} tokens it wrote itself (weight {cfg['general_weight']})")
     return "Distilled from the full fine-tuned model: " + ", ".join(terms) + "."
 
 

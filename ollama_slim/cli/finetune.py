@@ -45,6 +45,11 @@ _DEFAULTS = defaults(FinetuneConfig)
 @click.option("--align-at", type=RegistryChoice(ALIGN_TARGETS), default=_DEFAULTS["align_at"], show_default=True,
               help="Teacher layer of each kept layer: its original index, or the end of the gap after it (what the next kept layer reads).")
 @click.option("--teacher-cache", is_flag=True, help="Compute the teacher's outputs once per example and keep them beside the checkpoints.")
+@click.option("--general-weight", type=float, default=_DEFAULTS["general_weight"], show_default=True, metavar="W",
+              help="With a teacher: weight of its per-token KL (and, with --align-weight, the alignment) on text it wrote itself "
+                   "(sampled once from its start token, kept beside the checkpoints): general knowledge the task's prompts do not carry. 0: off.")
+@click.option("--general-texts", type=int, default=_DEFAULTS["general_texts"], show_default=True, metavar="N", help="Sequences the teacher writes for --general-weight.")
+@click.option("--general-tokens", type=int, default=_DEFAULTS["general_tokens"], show_default=True, metavar="N", help="Tokens in each of them.")
 @click.option("--rank-regimes", default=",".join(_DEFAULTS["rank_regimes"]), show_default=True, metavar="R1,R2",
               callback=comma_list(lambda: REGIMES), help=f"Regimes the ranking negatives are drawn from, one per draw chosen with the seed: {', '.join(REGIMES)}.")
 @click.option("--fixed-negatives", is_flag=True, help="Draw each example's negatives once instead of every step (needed by --teacher-cache with listwise KD).")
@@ -96,7 +101,7 @@ _DEFAULTS = defaults(FinetuneConfig)
 @verbose_option
 def command(model: str, data: str | None, steps: int | None, epochs: float | None, lora_rank: int, full: bool, distill_from: str | None,
             distill_weight: float, rank_negatives: int, rank_weight: float, distill_listwise_weight: float, distill_temperature: float,
-            align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, rank_regimes: tuple[str, ...], fixed_negatives: bool,
+            align_weight: float, align_kind: str, align_at: str, teacher_cache: bool, general_weight: float, general_texts: int, general_tokens: int, rank_regimes: tuple[str, ...], fixed_negatives: bool,
             early_stop_patience: int, eval_every: int, val_measure: str, val_users: int, val_negatives: int, val_at_start: bool, train_bridges: bool, lr: float,
             batch_size: int, checkpoint_every: int, users: int | None, holdout_users: int, history: int, answers: int, popularity_debias: float, cf_answers: int, cf_share: float, cf_vocab: int, cf_vocab_skip: int, task_format: str, out_dir: Path | None, seed: int, hf: str | None,
             force: bool, as_json: bool) -> None:
@@ -122,7 +127,8 @@ def command(model: str, data: str | None, steps: int | None, epochs: float | Non
         model=model, data=data, out_dir=out_dir, steps=steps, epochs=epochs, lora_rank=lora_rank, full=full,
         distill_from=distill_from, distill_weight=distill_weight, rank_negatives=rank_negatives, rank_weight=rank_weight,
         distill_listwise_weight=distill_listwise_weight, distill_temperature=distill_temperature, align_weight=align_weight,
-        align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
+        align_kind=align_kind, align_at=align_at, teacher_cache=teacher_cache, general_weight=general_weight,
+        general_texts=general_texts, general_tokens=general_tokens, rank_regimes=rank_regimes, fixed_negatives=fixed_negatives,
         early_stop_patience=early_stop_patience, eval_every=eval_every, val_measure=val_measure, val_users=val_users,
         val_negatives=val_negatives, val_at_start=val_at_start, train_bridges=train_bridges, lr=lr, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, history=history, answers=answers, popularity_debias=popularity_debias, cf_answers=cf_answers, cf_share=cf_share, cf_vocab=cf_vocab, cf_vocab_skip=cf_vocab_skip, users=users, holdout_users=holdout_users, hf=hf, force=force, task_format=task_format,

@@ -30,7 +30,10 @@ class FinetuneConfig:
     ``align_kind`` distance between each kept layer's output and the teacher's layer
     output it stands for (``align_at``: the layer's original index, or the end of the
     gap after it, which is what the next kept layer reads). ``teacher_cache`` keeps
-    the teacher's outputs per example on disk beside the checkpoints.
+    the teacher's outputs per example on disk beside the checkpoints. ``general_weight``
+    x the teacher's per-token KL (and, when aligning, the alignment) on ``general_texts``
+    sequences of ``general_tokens`` tokens the teacher sampled once (general knowledge that
+    the task's prompts do not carry; :mod:`~ollama_slim.slimming.finetune.general`).
     ``early_stop_patience`` > 0 measures ``val_measure`` on ``val_users`` validation
     users every ``eval_every`` steps, stops after that many measures without a better
     one, and keeps the best weights; ``val_at_start`` measures once before the first step
@@ -64,6 +67,9 @@ class FinetuneConfig:
     align_kind: str = "cosine"
     align_at: str = "kept"
     teacher_cache: bool = False
+    general_weight: float = 0.0  # KL to the teacher (and alignment) on text the teacher wrote (finetune.general)
+    general_texts: int = 256  # ... that many sequences
+    general_tokens: int = 64  # ... of that many tokens each
     rank_negatives: int = 0
     rank_weight: float = 0.5
     rank_regimes: tuple[str, ...] = ("uniform",)
@@ -129,13 +135,15 @@ _DEPENDENT = {
     "rank_negatives": ("rank_weight", "rank_regimes", "fixed_negatives"),
     "distill_listwise_weight": ("distill_temperature",),
     "align_weight": ("align_kind", "align_at"),
+    "general_weight": ("general_texts", "general_tokens"),
     "early_stop_patience": ("eval_every", "val_measure", "val_users", "val_negatives"),
     "cf_answers": ("cf_share", "cf_vocab", "cf_vocab_skip"),
 }
 # options added after checkpoints existed: left out of the fingerprint at their defaults
 _LATER = ("distill_hf", "distill_listwise_weight", "distill_temperature", "align_weight", "align_kind", "align_at", "teacher_cache",
           "rank_regimes", "fixed_negatives", "early_stop_patience", "eval_every", "val_measure", "val_users", "val_negatives", "task_format",
-          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "cf_vocab_skip", "holdout_users", "val_at_start")
+          "answers", "popularity_debias", "cf_answers", "cf_share", "cf_vocab", "cf_vocab_skip", "holdout_users", "val_at_start",
+          "general_weight", "general_texts", "general_tokens")
 _FIELD_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
 
 
@@ -256,8 +264,12 @@ def _check_distillation(config: FinetuneConfig) -> None:
         raise UsageError(f"--distill-temperature must be positive, got {config.distill_temperature}", hint="e.g. --distill-temperature 2")
     _known("--align-kind", config.align_kind, list(ALIGN_LOSSES))
     _known("--align-at", config.align_at, list(ALIGN_TARGETS))
+    if not config.general_weight >= 0.0:
+        raise UsageError(f"--general-weight must be 0 or more, got {config.general_weight}", hint="0 turns it off")
+    if config.general_texts <= 0 or config.general_tokens <= 0:
+        raise UsageError("--general-texts and --general-tokens must be positive", hint="e.g. --general-texts 256 --general-tokens 64")
     wanted = [flag for flag, on in (("--distill-listwise-weight", config.distill_listwise_weight > 0), ("--align-weight", config.align_weight > 0),
-                                    ("--teacher-cache", config.teacher_cache)) if on]
+                                    ("--teacher-cache", config.teacher_cache), ("--general-weight", config.general_weight > 0)) if on]
     if wanted and config.distill_from is None:
         raise UsageError(f"{wanted[0]} needs a teacher (--distill-from)", hint="pass --distill-from with the full fine-tuned model")
     if config.distill_listwise_weight > 0 and config.rank_negatives == 0:
@@ -287,6 +299,11 @@ class Places:
     out_dir: Path
     checkpoint_dir: Path
     run_dir: Path | None = None  # where finetune.json goes
+
+    @property
+    def general_corpus(self) -> Path:
+        """The text the teacher wrote for general-text distillation (beside the checkpoints)."""
+        return self.checkpoint_dir / "general.json"
 
     @property
     def teacher_cache_dir(self) -> Path:

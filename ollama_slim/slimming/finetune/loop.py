@@ -17,6 +17,7 @@ from ollama_slim.slimming.finetune.checkpoints import save_checkpoint
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress
 from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, answer_items, batch_indices, cf_answer_items, encode_rows
 from ollama_slim.slimming.finetune.distill import Distiller, distilled_loss
+from ollama_slim.slimming.finetune.general import general_loss
 from ollama_slim.slimming.finetune.losses import distill_loss, student_loss
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model
 from ollama_slim.slimming.finetune.validation import EarlyStop, Validator
@@ -56,6 +57,7 @@ class Loop:
     distiller: Distiller | None = None  # teacher beyond the title tokens
     validator: Validator | None = None  # with early stopping, and:
     early: EarlyStop | None = None
+    corpus: list[list[int]] | None = None  # with general_weight: the text the teacher wrote
 
 
 def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
@@ -80,8 +82,31 @@ def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
     return encode_rows(loop.tokenizer, loop.dataset, chosen, config, negatives, answers), weights
 
 
+def _general_term(loop: Loop, step: int) -> torch.Tensor:
+    """``general_weight`` x the teacher's KL (and alignment) on this process's share of step
+    ``step``'s batch of the teacher's text (a seeded order of its own, so a resumed run sees the same)."""
+    acc, config, corpus = loop.accelerator, loop.config, loop.corpus
+    indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(corpus), seed=config.seed + 1)
+    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
+    ids = torch.tensor([corpus[i] for i in mine], dtype=torch.long, device=acc.device)
+    d = loop.distiller
+    align = (d.student_layers, d.teacher.plan.layers, d.align_kind) if d is not None and d.align_weight > 0 else None
+    base = base_model(acc.unwrap_model(loop.trainee.model))
+    term = general_loss(loop.trainee.model, acc.unwrap_model(loop.teacher), ids, base=base, align=align, align_weight=d.align_weight if align else 0.0)
+    return config.general_weight * term
+
+
 def _step_loss(loop: Loop, step: int) -> torch.Tensor:
     """The loss of this process's share of step ``step``'s batch (scalar)."""
+    loss = _task_loss(loop, step)
+    if loop.corpus is not None:
+        with loop.accelerator.autocast():
+            loss = loss + _general_term(loop, step)
+    return loss
+
+
+def _task_loss(loop: Loop, step: int) -> torch.Tensor:
+    """The task's loss on step ``step``'s examples: the student's, with the teacher's terms."""
     rows, weights = _step_rows(loop, step)
     pad = loop.tokenizer.pad_token_id or 0
     with loop.accelerator.autocast():

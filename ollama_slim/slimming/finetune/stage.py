@@ -17,6 +17,7 @@ from ollama_slim.slimming.finetune.checkpoints import latest_checkpoint, load_ea
 from ollama_slim.slimming.finetune.config import FinetuneConfig, FinetuneProgress, FinetuneResult, Places, check_config, places
 from ollama_slim.slimming.finetune.data import AnswerWeights, Negatives, check_negatives, train_examples
 from ollama_slim.slimming.finetune.distill import make_distiller
+from ollama_slim.slimming.finetune.general import teacher_corpus
 from ollama_slim.slimming.finetune.loop import Loop, run_loop, total_steps
 from ollama_slim.slimming.finetune.trainee import Trainee, base_model, build_trainee, load_teacher, merged_model
 from ollama_slim.slimming.finetune.validation import keep_best, make_early_stop, make_validator
@@ -79,6 +80,9 @@ def _add_options(loop: Loop, where: Places, start: int) -> None:
     if loop.teacher is not None and config.uses_distiller():
         loop.distiller = make_distiller(config, teacher=accelerator.unwrap_model(loop.teacher), student=base_model(accelerator.unwrap_model(loop.trainee.model)),
                                         model_dir=where.model_dir, cache_dir=where.teacher_cache_dir)
+    if loop.teacher is not None and config.general_weight > 0:
+        loop.corpus = teacher_corpus(accelerator.unwrap_model(loop.teacher), loop.tokenizer, texts=config.general_texts, tokens=config.general_tokens,
+                                     seed=config.seed, path=where.general_corpus, write=accelerator.is_main_process)
     loop.validator, loop.early = make_validator(config, loop.dataset, loop.tokenizer), make_early_stop(config)
     if loop.early is not None and start > 0:
         load_early_stop(latest_checkpoint(where.checkpoint_dir), loop.early)
