@@ -213,6 +213,8 @@ def test_reproduce_command_parses_back_to_the_same_config(tmp_path: Path) -> Non
     params = command.make_context("prune", shlex.split(command_line(config))[2:]).params
     assert params["methods"] == ("angular",)  # --methods parses to the config's tuple
     assert params["select_data"] == ("ml-100k", str(tmp_path / "amazon"))
+    given = command.make_context("prune", ["smollm2:135m", "--keep", "8", "--select-data", "a", "--select-data", "b,a,c"]).params
+    assert given["select_data"] == ("a", "b", "c")  # repeated or comma-separated, each once
     params["run_dir"] = Path(params["run_dir"])
     assert PruneConfig(**params) == config
 

@@ -31,11 +31,10 @@ def _recipe(key: str) -> str:
 
 
 def _data_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
-    """``--select-data "a,b"`` (or a YAML list) -> ``("a", "b")``, none twice; nothing -> ``()``."""
-    if value is None:
-        return ()
-    names = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    return tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+    """``--select-data a,b`` or ``--select-data a --select-data b`` (or a YAML list or string) ->
+    ``("a", "b")``, none twice; nothing -> ``()``."""
+    values = [value] if isinstance(value, str) else [str(v) for v in value or ()]
+    return tuple(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -72,9 +71,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--methods", default=",".join(_DEFAULTS.methods), show_default=True, metavar="LIST", callback=comma_list(lambda: METHODS),
               help=f"Layer-importance methods, comma-separated (fused by mean rank): {', '.join(METHODS)}.")
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
-@click.option("--select-data", metavar="LIST", callback=_data_list,
+@click.option("--select-data", metavar="LIST", multiple=True, default=_DEFAULTS.select_data, callback=_data_list,
               help="More data sets (names or directories, comma-separated) whose validation users the selection measures too: "
-                   "layers that serve those domains as well as --data's. Healing still uses --data alone.")
+                   "layers that serve those domains as well as --data's (may be given more than once). Healing still uses --data alone.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
 @click.option("--steps", type=int, show_default=_recipe("steps"), help="Healing steps; 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
