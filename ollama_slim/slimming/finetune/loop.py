@@ -60,12 +60,18 @@ class Loop:
     corpus: list[list[int]] | None = None  # with general_weight: the text the teacher wrote
 
 
+def _my_share(loop: Loop, step: int, *, num_examples: int, seed: int) -> list[int]:
+    """This process's indices of step ``step``'s batch over ``num_examples`` (a seeded order)."""
+    acc = loop.accelerator
+    indices = batch_indices(step=step, batch_size=loop.config.batch_size, num_examples=num_examples, seed=seed)
+    return indices[acc.process_index :: acc.num_processes] or indices[:1]
+
+
 def _step_rows(loop: Loop, step: int) -> tuple[list[Row], torch.Tensor | None]:
     """This process's share of step ``step``'s batch, encoded with its candidates, and the
     weights of its answers (``None`` when every answer weighs alike)."""
-    acc, config = loop.accelerator, loop.config
-    indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(loop.examples), seed=config.seed)
-    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
+    config = loop.config
+    mine = _my_share(loop, step, num_examples=len(loop.examples), seed=config.seed)
     chosen = [loop.examples[i] for i in mine]
     negatives = None
     if config.rank_negatives > 0:
@@ -86,8 +92,7 @@ def _general_term(loop: Loop, step: int) -> torch.Tensor:
     """``general_weight`` x the teacher's KL (and alignment) on this process's share of step
     ``step``'s batch of the teacher's text (a seeded order of its own, so a resumed run sees the same)."""
     acc, config, corpus = loop.accelerator, loop.config, loop.corpus
-    indices = batch_indices(step=step, batch_size=config.batch_size, num_examples=len(corpus), seed=config.seed + 1)
-    mine = indices[acc.process_index :: acc.num_processes] or indices[:1]
+    mine = _my_share(loop, step, num_examples=len(corpus), seed=config.seed + 1)
     ids = torch.tensor([corpus[i] for i in mine], dtype=torch.long, device=acc.device)
     d = loop.distiller
     align = (d.student_layers, d.teacher.plan.layers, d.align_kind) if d is not None and d.align_weight > 0 else None
