@@ -196,6 +196,24 @@ def test_the_slim_model_can_be_cut_from_the_fine_tuned_model(bench, tiny_llama: 
     assert bench._cut_from(vars(bench.parse_args([]))) == ""
 
 
+def test_the_bridges_can_be_fitted_on_several_data_sets(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """``--calib-data`` twice: the bridges are fitted on both sets' train prompts, ``--calib-tokens`` shared
+    evenly, and the report says what they were fitted on; without it, on ``--data``'s alone."""
+    from ollama_slim.models.modeling import load_tokenizer
+    from ollama_slim.slimming import bridges as br
+
+    base = ["--model", str(tiny_llama), "--data", str(amazon_dir), "--calib-tokens", "128"]
+    both = bench.parse_args([*base, "--calib-data", str(amazon_dir), "--calib-data", "movielens-100k"])
+    fitted = {name: json.loads((bench.build_slim(args, tmp_path, "mlp-fold", kept=[0, 2], name=name) / "slim.json").read_text())["bridge"]["calibration"]
+              for name, args in (("one", bench.parse_args(base)), ("both", both))}
+    tokenizer = load_tokenizer(tiny_llama)
+    mixed = br.mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(amazon_dir), load_dataset("movielens-100k")], max_tokens=128)
+    alone = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(amazon_dir), max_tokens=128)
+    assert (fitted["both"]["sequences"], fitted["both"]["tokens"]) == (len(mixed), sum(map(len, mixed)))
+    assert (fitted["one"]["sequences"], fitted["one"]["tokens"]) == (len(alone), sum(map(len, alone)))
+    assert "fitted on 128 train-prompt tokens shared among amazon-electronics-2014, movielens-100k" in bench._cut_from(vars(both))
+
+
 def test_the_slim_models_can_heal_at_their_own_learning_rate(bench, tmp_path: Path) -> None:
     """``--slim-lr`` sets the slim models' peak learning rate only; the full model keeps ``--lr``, and the report says so."""
     args = bench.parse_args(["--lr", "1e-4", "--slim-lr", "3e-4", "--slim-steps", "600", "--steps", "200"])

@@ -107,21 +107,46 @@ def test_mlp_fold_brings_the_stream_closer_to_the_original(tiny_qwen2: Path) -> 
     assert results["rotation"] < results["none"]
 
 
-def test_calibration_batches_come_from_train_prompts(tiny_llama: Path, tmp_path: Path) -> None:
+def _tiny_dataset(root: Path, titles: list[str]):
+    """A data set of five users over ``titles`` (five interactions each), loaded."""
     import json
 
-    from conftest import _CORPUS
     from ollama_slim.recsys.data import load_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": t}) + "\n" for i, t in enumerate(titles)))
+    rows = ["user_id\titem_id\ttimestamp"] + [f"{u}\t{(u + k) % len(titles)}\t{k}" for u in range(5) for k in range(5)]
+    (root / "interactions.tsv").write_text("\n".join(rows) + "\n")
+    return load_dataset(root)
+
+
+def test_calibration_batches_come_from_train_prompts(tiny_llama: Path, tmp_path: Path) -> None:
+    from conftest import _CORPUS
     from ollama_slim.models.modeling import load_tokenizer
 
-    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": t}) + "\n" for i, t in enumerate(_CORPUS[:6])))
-    rows = ["user_id\titem_id\ttimestamp"] + [f"{u}\t{(u + k) % 6}\t{k}" for u in range(5) for k in range(5)]
-    (tmp_path / "interactions.tsv").write_text("\n".join(rows) + "\n")
     tokenizer = load_tokenizer(tiny_llama)
-    sequences = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(tmp_path), max_tokens=60)
+    sequences = br.calibration_batches(tokenizer=tokenizer, dataset=_tiny_dataset(tmp_path, _CORPUS[:6]), max_tokens=60)
     assert sequences and all(s[0] == tokenizer.bos_token_id for s in sequences)
     assert sum(len(s) for s in sequences[:-1]) < 60 <= sum(len(s) for s in sequences)
     assert "The next item they buy is:" in tokenizer.decode(sequences[0])
+
+
+def test_mixed_calibration_shares_the_tokens_among_the_data_sets(tiny_llama: Path, tmp_path: Path) -> None:
+    """Bridges for two domains: each data set's prompts up to half the budget, in one list; none is refused."""
+    from conftest import _CORPUS
+    from ollama_slim.errors import UsageError
+    from ollama_slim.models.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_llama)
+    first, second = _tiny_dataset(tmp_path / "a", _CORPUS[:5]), _tiny_dataset(tmp_path / "b", _CORPUS[5:10])
+    alone = [br.calibration_batches(tokenizer=tokenizer, dataset=d, max_tokens=50) for d in (first, second)]
+    mixed = br.mixed_calibration(tokenizer=tokenizer, datasets=[first, second], max_tokens=100)
+    assert mixed == alone[0] + alone[1]
+    text = [tokenizer.decode(s) for s in mixed]
+    assert any(t in " ".join(text) for t in _CORPUS[:5]) and any(t in " ".join(text) for t in _CORPUS[5:10])
+    assert br.mixed_calibration(tokenizer=tokenizer, datasets=[first], max_tokens=60) == br.calibration_batches(tokenizer=tokenizer, dataset=first, max_tokens=60)
+    with pytest.raises(UsageError, match="no data set"):
+        br.mixed_calibration(tokenizer=tokenizer, datasets=[], max_tokens=60)
 
 
 @pytest.mark.slow

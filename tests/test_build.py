@@ -173,3 +173,28 @@ def test_build_command(tiny_qwen2: Path, tmp_path: Path) -> None:
     assert len(bad.output.strip().splitlines()) == 1
     bridge = runner.invoke(main, ["build", str(tiny_qwen2), "--layers", "0,1", "--bridge", "nonsense"])
     assert bridge.exit_code == 2 and "'none'" in bridge.output
+
+
+def test_build_fits_the_bridges_on_every_data_set_given(tiny_llama: Path, tmp_path: Path) -> None:
+    """`build --data A --data B`: the bridge's calibration is both sets' train prompts (tokens shared evenly), recorded in slim.json."""
+    from toy_data import write_toy_data
+
+    from ollama_slim.models.modeling import load_tokenizer
+    from ollama_slim.recsys.data import load_dataset
+    from ollama_slim.slimming import bridges as br
+
+    first, second = write_toy_data(tmp_path / "a", seed=1), write_toy_data(tmp_path / "b", seed=2)
+    runner = CliRunner()
+    outs = {}
+    for name, data in (("one", [first]), ("both", [first, second])):
+        outs[name] = tmp_path / name
+        args = ["build", str(tiny_llama), "--layers", "0,2,5", "--bridge", "mlp-fold", "--out", str(outs[name])]
+        ok = runner.invoke(main, args + [arg for d in data for arg in ("--data", str(d))])
+        assert ok.exit_code == 0, ok.output
+    slim = {name: json.loads((out / "slim.json").read_text()) for name, out in outs.items()}
+    assert slim["both"]["data"] == str(first) and slim["both"]["also_data"] == [str(second)] and "also_data" not in slim["one"]
+    tokenizer = load_tokenizer(tiny_llama)
+    mixed = br.mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(first), load_dataset(second)])
+    assert slim["both"]["bridge"]["calibration"]["sequences"] == len(mixed)
+    assert slim["both"]["bridge"]["calibration"]["tokens"] == sum(map(len, mixed))
+    assert (outs["one"] / "model.safetensors").read_bytes() != (outs["both"] / "model.safetensors").read_bytes()

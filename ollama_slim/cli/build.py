@@ -23,7 +23,9 @@ _DEFAULTS = defaults(BuildConfig)
 @click.option("--layers", metavar="LIST", help="Layers to keep, in order: comma-separated indices or ranges, e.g. 0,1,2,27-29.")
 @click.option("--selection", type=click.Path(dir_okay=False, path_type=Path), help="A selection file written by `ollama-slim select` (instead of --layers).")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS["bridge"], show_default=True, help="How to bridge the gaps left by removed layers.")
-@click.option("--data", help="Data set (name or directory) whose train split calibrates the bridge fit.")
+@click.option("--data", metavar="DIR_OR_NAME", multiple=True,
+              help="Data set (name or directory) whose train split calibrates the bridge fit. Give it twice or more to fit the bridges "
+                   "on every set's prompts (the calibration tokens shared evenly): a compact model for all the domains, not only one.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: RUN/compact with --run-dir, else ./<model>-keep<N>].")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="A run directory: its selection.json is the default --selection, RUN/compact the default --out, and the result goes to RUN/build.json.")
@@ -32,7 +34,7 @@ _DEFAULTS = defaults(BuildConfig)
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbose_option
-def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: str | None, out_dir: Path | None, run_dir: Path | None, hf: str | None,
+def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: tuple[str, ...], out_dir: Path | None, run_dir: Path | None, hf: str | None,
             dtype: str, force: bool, as_json: bool) -> None:
     """Build a compact model from MODEL keeping only some decoder layers.
 
@@ -45,7 +47,7 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
-        out_dir=out_dir, bridge=bridge, data=data, dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
+        out_dir=out_dir, bridge=bridge, data=data[0] if data else None, also_data=data[1:], dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
     )
     with working(f"Building a compact {model}..."):
         result = build_compact(config)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -164,6 +164,15 @@ def calibration_batches(*, tokenizer: Any, dataset: Any, max_tokens: int = 8192,
         if total >= max_tokens:
             break
     return out
+
+
+def mixed_calibration(*, tokenizer: Any, datasets: Sequence[Any], max_tokens: int = 8192, history: int = 5, seed: int = 0) -> Calibration:
+    """:func:`calibration_batches` of every data set in ``datasets``, ``max_tokens`` shared evenly:
+    bridges fitted on each domain the compact model is meant to serve, not only the one it heals on."""
+    if not datasets:
+        raise UsageError("no data set to calibrate the bridges on", hint="pass at least one data set")
+    share = max(max_tokens // len(datasets), 1)
+    return [seq for dataset in datasets for seq in calibration_batches(tokenizer=tokenizer, dataset=dataset, max_tokens=share, history=history, seed=seed)]
 
 
 def random_calibration(model: Any, *, sequences: int = 32, length: int = 64, seed: int = 0) -> Calibration:
