@@ -192,7 +192,7 @@ def test_build_fits_the_bridges_on_every_data_set_given(tiny_llama: Path, tmp_pa
         ok = runner.invoke(main, args + [arg for d in data for arg in ("--data", str(d))])
         assert ok.exit_code == 0, ok.output
     slim = {name: json.loads((out / "slim.json").read_text()) for name, out in outs.items()}
-    assert slim["both"]["data"] == str(first) and slim["both"]["also_data"] == [str(second)] and "also_data" not in slim["one"]
+    assert slim["both"]["data"] == str(first) and slim["both"]["calib_data"] == [str(second)] and "calib_data" not in slim["one"]
     tokenizer = load_tokenizer(tiny_llama)
     mixed = br.mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(first), load_dataset(second)])
     assert slim["both"]["bridge"]["calibration"]["sequences"] == len(mixed)

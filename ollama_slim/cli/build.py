@@ -47,7 +47,7 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
-        out_dir=out_dir, bridge=bridge, data=data[0] if data else None, also_data=data[1:], dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
+        out_dir=out_dir, bridge=bridge, data=data[0] if data else None, calib_data=data[1:], dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
     )
     with working(f"Building a compact {model}..."):
         result = build_compact(config)

@@ -44,7 +44,7 @@ class BuildConfig:
     out_dir: Path | None = None
     bridge: str = "none"
     data: str | None = None  # train-split calibration for the bridge fit (random tokens without)
-    also_data: tuple[str, ...] = ()  # more data sets the bridges are fitted on (the calibration tokens shared evenly): every domain served
+    calib_data: tuple[str, ...] = ()  # more data sets the bridges are fitted on besides data (the calibration tokens shared evenly): every domain served
     dtype: str = "float32"
     hf: str | None = None
     force: bool = False
@@ -243,7 +243,7 @@ def build_compact(config: BuildConfig) -> BuildResult:
         summary["asked"] = config.bridge
     source = _source_record(resolved)
     provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": bridge, **summary}, "data": config.data,
-                  **({"also_data": list(config.also_data)} if config.also_data else {}), "dtype": config.dtype}
+                  **({"calib_data": list(config.calib_data)} if config.calib_data else {}), "dtype": config.dtype}
     save_compact(compact, tokenizer, out_dir, provenance=provenance)
     result = BuildResult(
         out_dir=out_dir, source=source, kept=tuple(kept), num_layers_before=resolved.num_layers,
@@ -265,13 +265,13 @@ def _in_run(config: BuildConfig) -> BuildConfig:
 
 
 def _calibration(config: BuildConfig, tokenizer: Any) -> Any:
-    """Train-split token sequences of ``config.data`` and ``also_data`` for fitting bridges (None: no data, or no bridge)."""
+    """Train-split token sequences of ``config.data`` and ``calib_data`` for fitting bridges (None: no data, or no bridge)."""
     if config.data is None or config.bridge == "none":
         return None
     from ollama_slim.slimming.bridges import mixed_calibration
     from ollama_slim.recsys.data import load_dataset
 
-    return mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(name) for name in (config.data, *config.also_data)])
+    return mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(name) for name in (config.data, *config.calib_data)])
 
 
 def _source_record(resolved: Any) -> dict[str, Any]:
