@@ -73,7 +73,8 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option("--strategy", type=RegistryChoice(STRATEGIES), default=_DEFAULTS.strategy, show_default=True, help="Selection strategy.")
 @click.option("--select-data", metavar="LIST", multiple=True, default=_DEFAULTS.select_data, callback=_data_list,
               help="More data sets (names or directories, comma-separated) whose validation users the selection measures too: "
-                   "layers that serve those domains as well as --data's (may be given more than once). Healing still uses --data alone.")
+                   "layers that serve those domains as well as --data's, and bridges fitted on their train prompts too (may be given more "
+                   "than once). Healing still uses --data alone.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
 @click.option("--steps", type=int, show_default=_recipe("steps"), help="Healing steps; 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)

@@ -40,7 +40,7 @@ class PruneConfig:
     data: str = "movielens-100k"
     methods: tuple[str, ...] = ("ablation",)  # tools/bench_select.py: 10.03 val loss vs 10.95 fused with block influence + angular
     strategy: str = "ranked"
-    select_data: tuple[str, ...] = ()  # more data sets whose validation users the selection measures too (layers for every domain)
+    select_data: tuple[str, ...] = ()  # more data sets whose validation users the selection measures too, and whose train prompts the bridges are fitted on (layers for every domain)
     bridge: str = "mlp-fold"
     steps: int | None = None  # None: the task format's recipe (RECIPES), as for lr, rank_negatives, answers, full, teacher
     batch_size: int = 8
