@@ -211,7 +211,11 @@ def test_the_bridges_can_be_fitted_on_several_data_sets(bench, tiny_llama: Path,
     alone = br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(amazon_dir), max_tokens=128)
     assert (fitted["both"]["sequences"], fitted["both"]["tokens"]) == (len(mixed), sum(map(len, mixed)))
     assert (fitted["one"]["sequences"], fitted["one"]["tokens"]) == (len(alone), sum(map(len, alone)))
-    assert "fitted on 128 train-prompt tokens shared among amazon-electronics-2014, movielens-100k" in bench._cut_from(vars(both))
+    assert "fitted on 128 calibration tokens shared among amazon-electronics-2014, movielens-100k." in bench._cut_from(vars(both))
+    own = bench.parse_args([*base, "--calib-own-text"])
+    fitted = json.loads((bench.build_slim(own, tmp_path, "mlp-fold", kept=[0, 2], name="own") / "slim.json").read_text())["bridge"]["calibration"]
+    assert fitted["sequences"] == len(br.calibration_batches(tokenizer=tokenizer, dataset=load_dataset(amazon_dir), max_tokens=64)) + 1  # one sampled text
+    assert f"shared among {amazon_dir.name}, the original model's own sampled text." in bench._cut_from(vars(own))
 
 
 def test_the_slim_models_can_heal_at_their_own_learning_rate(bench, tmp_path: Path) -> None:

@@ -149,6 +149,24 @@ def test_mixed_calibration_shares_the_tokens_among_the_data_sets(tiny_llama: Pat
         br.mixed_calibration(tokenizer=tokenizer, datasets=[], max_tokens=60)
 
 
+def test_the_model_s_own_text_is_one_more_share_of_the_calibration(tiny_llama: Path, tmp_path: Path) -> None:
+    """``own_text_of``: the data set's prompts up to half the budget, then the model's own seeded
+    samples (start token first, as the bridge fit expects) for the other half; the same seed, the same text."""
+    from conftest import _CORPUS
+    from ollama_slim.models.modeling import load_tokenizer
+
+    model, tokenizer = load(tiny_llama)
+    data = _tiny_dataset(tmp_path / "a", _CORPUS[:5])
+    mixed = br.mixed_calibration(tokenizer=tokenizer, datasets=[data], max_tokens=2 * 65, own_text_of=model)
+    prompts = br.calibration_batches(tokenizer=tokenizer, dataset=data, max_tokens=65)
+    own = br.own_text_calibration(model, tokenizer, max_tokens=65)
+    assert mixed == prompts + own
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    assert len(own) == 1 and len(own[0]) == 1 + br.OWN_TEXT_LENGTH and own[0][0] == start
+    assert br.own_text_calibration(model, tokenizer, max_tokens=65, seed=1) != own
+    assert br.mixed_calibration(tokenizer=tokenizer, datasets=[], max_tokens=65, own_text_of=model) == own  # the model's text alone
+
+
 @pytest.mark.slow
 def test_folding_is_exact_on_smollm2_and_exports_to_llama_cpp(smollm2, tmp_path: Path) -> None:
     """SmolLM2-135M, keep 10 of 30: every kind folds exactly; the folded models run in llama.cpp."""

@@ -186,9 +186,9 @@ def test_build_fits_the_bridges_on_every_data_set_given(tiny_llama: Path, tmp_pa
     first, second = write_toy_data(tmp_path / "a", seed=1), write_toy_data(tmp_path / "b", seed=2)
     runner = CliRunner()
     outs = {}
-    for name, data in (("one", [first]), ("both", [first, second])):
+    for name, data, extra in (("one", [first], []), ("both", [first, second], []), ("own", [first], ["--own-text"])):
         outs[name] = tmp_path / name
-        args = ["build", str(tiny_llama), "--layers", "0,2,5", "--bridge", "mlp-fold", "--out", str(outs[name])]
+        args = ["build", str(tiny_llama), "--layers", "0,2,5", "--bridge", "mlp-fold", "--out", str(outs[name]), *extra]
         ok = runner.invoke(main, args + [arg for d in data for arg in ("--data", str(d))])
         assert ok.exit_code == 0, ok.output
     slim = {name: json.loads((out / "slim.json").read_text()) for name, out in outs.items()}
@@ -198,3 +198,6 @@ def test_build_fits_the_bridges_on_every_data_set_given(tiny_llama: Path, tmp_pa
     assert slim["both"]["bridge"]["calibration"]["sequences"] == len(mixed)
     assert slim["both"]["bridge"]["calibration"]["tokens"] == sum(map(len, mixed))
     assert (outs["one"] / "model.safetensors").read_bytes() != (outs["both"] / "model.safetensors").read_bytes()
+    own = br.mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(first)], own_text_of=load(tiny_llama)[0])  # `--own-text`: the model's samples too
+    assert slim["own"]["own_text"] and "own_text" not in slim["one"]
+    assert (slim["own"]["bridge"]["calibration"]["sequences"], slim["own"]["bridge"]["calibration"]["tokens"]) == (len(own), sum(map(len, own)))

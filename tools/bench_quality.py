@@ -57,6 +57,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--calib-tokens", type=int, default=4096, help="train-prompt tokens the bridges are fitted on (shared evenly among --calib-data)")
     p.add_argument("--calib-data", action="append", default=[], metavar="DIR_OR_NAME",
                    help="a data set whose train prompts calibrate the bridges (repeatable; default --data alone): e.g. --data and --cross-data both")
+    p.add_argument("--calib-own-text", action="store_true",
+                   help="the original model's own text (sequences it samples, seeded) is one more share of --calib-tokens: every other domain, no other data set")
     p.add_argument("--test-users", type=int, default=500)
     p.add_argument("--valid-users", type=int, default=200,
                    help="users of the valid split scored to choose the log-popularity prior's weight (0: no prior columns, the test split only)")
@@ -189,7 +191,8 @@ def build_slim(args: argparse.Namespace, work: Path, bridge: str, *, kept: list[
     kept = kept or kept_layers(args, work)
     compact = slice_model(whole, kept)
     datasets = [load_dataset(name) for name in (args.calib_data or [args.data])]
-    calibration = br.mixed_calibration(tokenizer=tokenizer, datasets=datasets, max_tokens=args.calib_tokens, history=args.history)
+    calibration = br.mixed_calibration(tokenizer=tokenizer, datasets=datasets, max_tokens=args.calib_tokens, history=args.history,
+                                       own_text_of=whole if args.calib_own_text else None)
     summary = br.BRIDGES[bridge].fit_and_fold(original=whole, compact=compact, kept=kept, calibration=calibration)
     cut_from = {"ref": args.model} | ({"fine_tuned": str(source)} if source else {})
     save_compact(compact, tokenizer, out, provenance={"source": cut_from, "num_layers": resolved.num_layers, "kept": kept, "bridge": summary})
@@ -508,8 +511,9 @@ def _budget(cfg: dict, kept: int) -> str:
 
 def _cut_from(cfg: dict) -> str:
     """Where the slim models' weights come from (the original, or the full fine-tuned model) and what their bridges were fitted on."""
-    calib = cfg.get("calib_data") or []
-    text = f" The bridges are fitted on {cfg['calib_tokens']} train-prompt tokens shared among {', '.join(Path(d).name for d in calib)}." if calib else ""
+    calib = [Path(d).name for d in cfg.get("calib_data") or []] or ([Path(cfg["data"]).name] if cfg.get("calib_own_text") else [])
+    calib += ["the original model's own sampled text"] if cfg.get("calib_own_text") else []
+    text = f" The bridges are fitted on {cfg['calib_tokens']} calibration tokens shared among {', '.join(calib)}." if calib else ""
     if cfg.get("slim_from", "original") == "original":
         return text
     return (text + " The slim models are cut from the full fine-tuned model (prune after fine-tuning, bridges fitted on its hidden states):"

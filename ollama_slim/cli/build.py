@@ -26,6 +26,9 @@ _DEFAULTS = defaults(BuildConfig)
 @click.option("--data", metavar="DIR_OR_NAME", multiple=True,
               help="Data set (name or directory) whose train split calibrates the bridge fit. Give it twice or more to fit the bridges "
                    "on every set's prompts (the calibration tokens shared evenly): a compact model for all the domains, not only one.")
+@click.option("--own-text", is_flag=True,
+              help="Fit the bridges on the original model's own sampled text too (one more share of the calibration tokens): "
+                   "what it knows beyond --data, kept without another data set.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: RUN/compact with --run-dir, else ./<model>-keep<N>].")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="A run directory: its selection.json is the default --selection, RUN/compact the default --out, and the result goes to RUN/build.json.")
@@ -34,7 +37,7 @@ _DEFAULTS = defaults(BuildConfig)
 @click.option("--force", is_flag=True, help="Replace an existing output directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbose_option
-def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: tuple[str, ...], out_dir: Path | None, run_dir: Path | None, hf: str | None,
+def command(model: str, layers: str | None, selection: Path | None, bridge: str, data: tuple[str, ...], own_text: bool, out_dir: Path | None, run_dir: Path | None, hf: str | None,
             dtype: str, force: bool, as_json: bool) -> None:
     """Build a compact model from MODEL keeping only some decoder layers.
 
@@ -47,7 +50,7 @@ def command(model: str, layers: str | None, selection: Path | None, bridge: str,
 
     config = BuildConfig(
         model=model, layers=parse_layers(layers) if layers is not None else None, selection=selection,
-        out_dir=out_dir, bridge=bridge, data=data[0] if data else None, calib_data=data[1:], dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
+        out_dir=out_dir, bridge=bridge, data=data[0] if data else None, calib_data=data[1:], own_text=own_text, dtype=dtype, hf=hf, force=force, run_dir=run_dir, bridge_fallback=False,
     )
     with working(f"Building a compact {model}..."):
         result = build_compact(config)

@@ -29,7 +29,8 @@ OUTPUT_NEUTRAL = frozenset({"run_dir", "out_dir", "out", "force", "from_stage", 
 # Fields added after runs existed, left out of a key while at their default, so a finished
 # run's stages keep their keys (and are not redone) when a new option appears.
 KEY_LATER = {"chat": None, "task_format": "completion", "bridge_fallback": True, "min_retained": None, "answers": 1, "popularity_debias": 0.0, "full": False,
-             "cf_answers": 0, "cf_share": 0.5, "cf_vocab": 0, "calib_data": ()}
+             "cf_answers": 0, "cf_share": 0.5, "cf_vocab": 0, "calib_data": (),
+             "own_text": False}
 
 
 def config_key(config: Any, *, root: Path) -> Any:

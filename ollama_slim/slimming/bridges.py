@@ -35,6 +35,7 @@ from ollama_slim.models.lm import pad_right
 
 DEFAULT_RIDGE = 1e-2
 CALIBRATION_BATCH = 8
+OWN_TEXT_LENGTH = 64  # tokens a sequence of the model's own text, as general-text distillation samples them
 Calibration = list[list[int]]  # token-id sequences; each starts with its BOS (position 0)
 
 
@@ -166,13 +167,25 @@ def calibration_batches(*, tokenizer: Any, dataset: Any, max_tokens: int = 8192,
     return out
 
 
-def mixed_calibration(*, tokenizer: Any, datasets: Sequence[Any], max_tokens: int = 8192, history: int = 5, seed: int = 0) -> Calibration:
+def mixed_calibration(*, tokenizer: Any, datasets: Sequence[Any], max_tokens: int = 8192, history: int = 5, seed: int = 0,
+                      own_text_of: Any = None) -> Calibration:
     """:func:`calibration_batches` of every data set in ``datasets``, ``max_tokens`` shared evenly:
-    bridges fitted on each domain the compact model is meant to serve, not only the one it heals on."""
-    if not datasets:
+    bridges fitted on each domain the compact model is meant to serve, not only the one it heals on.
+    With ``own_text_of`` (a model), text that model samples from its start token is one more share
+    (:func:`own_text_calibration`): what the model writes of everything else, no other data set needed."""
+    if not datasets and own_text_of is None:
         raise UsageError("no data set to calibrate the bridges on", hint="pass at least one data set")
-    share = max(max_tokens // len(datasets), 1)
-    return [seq for dataset in datasets for seq in calibration_batches(tokenizer=tokenizer, dataset=dataset, max_tokens=share, history=history, seed=seed)]
+    share = max(max_tokens // (len(datasets) + (own_text_of is not None)), 1)
+    out = [seq for dataset in datasets for seq in calibration_batches(tokenizer=tokenizer, dataset=dataset, max_tokens=share, history=history, seed=seed)]
+    return out + (own_text_calibration(own_text_of, tokenizer, max_tokens=share, seed=seed) if own_text_of is not None else [])
+
+
+def own_text_calibration(model: Any, tokenizer: Any, *, max_tokens: int, length: int = OWN_TEXT_LENGTH, seed: int = 0) -> Calibration:
+    """About ``max_tokens`` tokens of ``model``'s own text: sequences of ``length`` tokens it samples
+    from its start token (seeded; the sampling of general-text distillation, :mod:`ollama_slim.slimming.finetune.general`)."""
+    from ollama_slim.slimming.finetune.general import teacher_corpus
+
+    return teacher_corpus(model, tokenizer, texts=max(max_tokens // (length + 1), 1), tokens=length, seed=seed)
 
 
 def random_calibration(model: Any, *, sequences: int = 32, length: int = 64, seed: int = 0) -> Calibration:

@@ -45,6 +45,7 @@ class BuildConfig:
     bridge: str = "none"
     data: str | None = None  # train-split calibration for the bridge fit (random tokens without)
     calib_data: tuple[str, ...] = ()  # more data sets the bridges are fitted on besides data (the calibration tokens shared evenly): every domain served
+    own_text: bool = False  # the original's own sampled text is one more share of the calibration: what it knows beyond the data sets
     dtype: str = "float32"
     hf: str | None = None
     force: bool = False
@@ -237,13 +238,14 @@ def build_compact(config: BuildConfig) -> BuildResult:
         raise UsageError(f"{out_dir} already exists", hint="pass --force to replace it, or choose another --out")
     original, tokenizer = load(resolved.model_dir, LoadOptions(dtype=config.dtype))
     compact = slice_model(original, kept)
-    calibration = _calibration(config, tokenizer)
+    calibration = _calibration(config, tokenizer, original)
     summary = BRIDGES[bridge].fit_and_fold(original=original, compact=compact, kept=kept, calibration=calibration)
     if bridge != config.bridge:
         summary["asked"] = config.bridge
     source = _source_record(resolved)
     provenance = {"source": source, "num_layers": resolved.num_layers, "kept": kept, "bridge": {"kind": bridge, **summary}, "data": config.data,
-                  **({"calib_data": list(config.calib_data)} if config.calib_data else {}), "dtype": config.dtype}
+                  **({"calib_data": list(config.calib_data)} if config.calib_data else {}), **({"own_text": True} if config.own_text else {}),
+                  "dtype": config.dtype}
     save_compact(compact, tokenizer, out_dir, provenance=provenance)
     result = BuildResult(
         out_dir=out_dir, source=source, kept=tuple(kept), num_layers_before=resolved.num_layers,
@@ -264,14 +266,16 @@ def _in_run(config: BuildConfig) -> BuildConfig:
     return replace(config, selection=selection, out_dir=config.out_dir or layout.compact_dir)
 
 
-def _calibration(config: BuildConfig, tokenizer: Any) -> Any:
-    """Train-split token sequences of ``config.data`` and ``calib_data`` for fitting bridges (None: no data, or no bridge)."""
+def _calibration(config: BuildConfig, tokenizer: Any, original: Any) -> Any:
+    """Train-split token sequences of ``config.data`` and ``calib_data`` (and ``original``'s own
+    text under ``own_text``) for fitting bridges (None: no data, or no bridge)."""
     if config.data is None or config.bridge == "none":
         return None
     from ollama_slim.slimming.bridges import mixed_calibration
     from ollama_slim.recsys.data import load_dataset
 
-    return mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(name) for name in (config.data, *config.calib_data)])
+    return mixed_calibration(tokenizer=tokenizer, datasets=[load_dataset(name) for name in (config.data, *config.calib_data)],
+                             own_text_of=original if config.own_text else None)
 
 
 def _source_record(resolved: Any) -> dict[str, Any]:

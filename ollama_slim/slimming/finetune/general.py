@@ -25,11 +25,12 @@ SAMPLING = {"do_sample": True, "top_p": 0.95, "temperature": 1.0}
 _BATCH = 16  # sequences sampled at once
 
 
-def teacher_corpus(teacher: Any, tokenizer: Any, *, texts: int, tokens: int, seed: int, path: Path, write: bool = True) -> list[list[int]]:
+def teacher_corpus(teacher: Any, tokenizer: Any, *, texts: int, tokens: int, seed: int, path: Path | None = None, write: bool = True) -> list[list[int]]:
     """``texts`` token sequences of ``1 + tokens`` (the start token, then the teacher's sample),
-    read from ``path`` when it holds this corpus, else sampled and written there (``write``)."""
+    read from ``path`` when it holds this corpus, else sampled and written there (``write``;
+    no ``path``: sampled, not kept)."""
     key = {"texts": texts, "tokens": tokens, "seed": seed, "sampling": SAMPLING}
-    if path.is_file():
+    if path is not None and path.is_file():
         cached = paths.read_json(path)
         if cached.get("key") == key:
             return cached["ids"]
@@ -43,7 +44,7 @@ def teacher_corpus(teacher: Any, tokenizer: Any, *, texts: int, tokens: int, see
             begin = torch.full((min(_BATCH, texts - len(ids)), 1), start, dtype=torch.long, device=device)
             out = teacher.generate(begin, attention_mask=torch.ones_like(begin), max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=pad, **SAMPLING)
             ids += out[:, : 1 + tokens].tolist()
-    if write:
+    if write and path is not None:
         paths.write_json(path, {"key": key, "ids": ids})
     return ids
 
