@@ -29,6 +29,7 @@ FEEDS: dict[str, set[str]] = {
     "strategy": {"select"},
     "select_data": {"select", "build"},
     "bridge": {"build"},
+    "own_text": {"build"},
     "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING, "rank_regimes": HEALING,
     "answers": HEALING, "popularity_debias": HEALING, "full": HEALING, "cf_answers": HEALING, "cf_share": HEALING, "cf_vocab": HEALING,
     "teacher": {"finetune"}, "listwise_weight": {"finetune"}, "distill_temperature": {"finetune"}, "align_weight": {"finetune"},  # the reference has no teacher
@@ -113,26 +114,28 @@ def test_history_reruns_score_and_select_and_the_report_shows_the_export_check(t
 
 
 def test_select_data_measures_the_selection_on_every_data_set(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`prune --select-data D`: the select stage measures D's validation users beside --data's, the bridges are fitted
-    on both sets' train prompts; healing and eval keep --data."""
+    """`prune --select-data D --own-text`: the select stage measures D's validation users beside --data's, the bridges are
+    fitted on both sets' train prompts and the original's own text; healing and eval keep --data."""
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "store"))
     data, other = write_toy_data(tmp_path / "toy"), write_toy_data(tmp_path / "other", seed=1)
     config = PruneConfig(model="llama3.2:1b", hf=str(tiny_llama), keep=3, run_dir=tmp_path / "run", data=str(data), select_data=(str(other),),
                          methods=("block-influence",), bridge="mlp-fold", steps=0, calib_users=4, val_users=4, eval_users=4, bench_repeats=1,
-                         reference=False, register=False)
+                         reference=False, register=False, own_text=True)
     prune(config)
     selection = json.loads((config.run_dir / "selection.json").read_text())
     assert (selection["data"], selection["also_data"]) == (str(data), [str(other)])
     compact = json.loads((config.run_dir / "compact" / "slim.json").read_text())
-    assert (compact["data"], compact["calib_data"], compact["bridge"]["kind"]) == (str(data), [str(other)], "mlp-fold")
-    from ollama_slim.models.modeling import load_tokenizer
+    assert (compact["data"], compact["calib_data"], compact["own_text"], compact["bridge"]["kind"]) == (str(data), [str(other)], True, "mlp-fold")
+    from ollama_slim.models.modeling import load_model, load_tokenizer
     from ollama_slim.recsys.data import load_dataset
     from ollama_slim.slimming.bridges import mixed_calibration
 
-    both = mixed_calibration(tokenizer=load_tokenizer(tiny_llama), datasets=[load_dataset(data), load_dataset(other)])
-    assert compact["bridge"]["calibration"]["tokens"] == sum(map(len, both))
+    three = mixed_calibration(tokenizer=load_tokenizer(tiny_llama), datasets=[load_dataset(data), load_dataset(other)],
+                              own_text_of=load_model(tiny_llama))  # each data set a third of the tokens, the original's text the last
+    assert (compact["bridge"]["calibration"]["sequences"], compact["bridge"]["calibration"]["tokens"]) == (len(three), sum(map(len, three)))
     assert json.loads((config.run_dir / "eval_slim.json").read_text())["config"]["data"] == str(data)
-    assert "--select-data " + str(other) in (config.run_dir / "report.md").read_text()
+    report = (config.run_dir / "report.md").read_text()
+    assert "--select-data " + str(other) in report and "--own-text" in report
 
 
 def test_options_added_later_leave_a_finished_runs_keys_alone(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ class PruneConfig:
     strategy: str = "ranked"
     select_data: tuple[str, ...] = ()  # more data sets whose validation users the selection measures too, and whose train prompts the bridges are fitted on (layers for every domain)
     bridge: str = "mlp-fold"
+    own_text: bool = False  # the bridges fitted on the original's own sampled text too (BuildConfig.own_text)
     steps: int | None = None  # None: the task format's recipe (RECIPES), as for lr, rank_negatives, answers, full, teacher
     batch_size: int = 8
     lora_rank: int = 16

@@ -69,7 +69,7 @@ def _select_config(c: PruneConfig, layout: RunLayout) -> SelectConfig:
 
 def _build_config(c: PruneConfig, layout: RunLayout) -> BuildConfig:
     return BuildConfig(model=c.model, hf=c.hf, selection=layout.selection, out_dir=layout.compact_dir, bridge=c.bridge, data=c.data,
-                       calib_data=c.select_data, force=True, run_dir=layout.root)
+                       calib_data=c.select_data, own_text=c.own_text, force=True, run_dir=layout.root)
 
 
 # -- finetune, reference ---------------------------------------------------------------
