@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ollama_slim.cli.display import verbose_option, working
-from ollama_slim.cli.options import RegistryChoice, defaults
+from ollama_slim.cli.options import OWN_TEXT_HELP, RegistryChoice, defaults
 from ollama_slim.models.modeling import DTYPES
 from ollama_slim.slimming.bridges import BRIDGES
 from ollama_slim.slimming.build import BuildConfig
@@ -27,8 +27,7 @@ _DEFAULTS = defaults(BuildConfig)
               help="Data set (name or directory) whose train split calibrates the bridge fit. Give it twice or more to fit the bridges "
                    "on every set's prompts (the calibration tokens shared evenly): a compact model for all the domains, not only one.")
 @click.option("--own-text", is_flag=True,
-              help="Fit the bridges on the original model's own sampled text too (one more share of the calibration tokens): "
-                   "what it knows beyond --data, kept without another data set.")
+              help=OWN_TEXT_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Output directory [default: RUN/compact with --run-dir, else ./<model>-keep<N>].")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="A run directory: its selection.json is the default --selection, RUN/compact the default --out, and the result goes to RUN/build.json.")

@@ -15,6 +15,10 @@ import click
 
 from ollama_slim.errors import UsageError
 
+# One help text for `build --own-text` and `prune --own-text` (BuildConfig.own_text).
+OWN_TEXT_HELP = ("Fit the bridges on the original model's own sampled text too (one more share of the calibration tokens): "
+                 "what it knows beyond --data, kept without another data set.")
+
 
 def defaults(config_class: type) -> dict[str, Any]:
     """The default of every field of a config dataclass that has one."""

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from ollama_slim.recsys.prompt import TASK_FORMATS
 from ollama_slim.cli.display import stage_display, verbose_option
-from ollama_slim.cli.options import RegistryChoice, comma_list
+from ollama_slim.cli.options import OWN_TEXT_HELP, RegistryChoice, comma_list
 from ollama_slim.gguf.export import outtypes
 from ollama_slim.models.modeling import DTYPES
 from ollama_slim.pipeline.config import RECIPES, TEACHERS
@@ -77,8 +77,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
                    "than once). Healing still uses --data alone.")
 @click.option("--bridge", type=RegistryChoice(BRIDGES), default=_DEFAULTS.bridge, show_default=True, help="Bridge across removed layers (a kind the model's family does not allow gives way to the family's own: none for gemma3).")
 @click.option("--own-text/--no-own-text", default=_DEFAULTS.own_text, show_default=True,
-              help="Fit the bridges on the original model's own sampled text too (one more share of the calibration tokens): "
-                   "what it knows beyond --data, kept without another data set.")
+              help=OWN_TEXT_HELP)
 @click.option("--steps", type=int, show_default=_recipe("steps"), help="Healing steps; 0 skips healing.")
 @click.option("--batch-size", type=int, default=_DEFAULTS.batch_size, show_default=True)
 @click.option("--lora-rank", type=int, default=_DEFAULTS.lora_rank, show_default=True)
