@@ -136,6 +136,32 @@ def test_identity_layer_is_least_important(identity_scores) -> None:
     ablation = np.asarray(result.methods["ablation"].scores)
     assert ablation[IDENTITY] == 0.0  # skipping an identity changes nothing, bit for bit
     assert int(np.argmin(np.abs(ablation))) == IDENTITY and np.abs(np.delete(ablation, IDENTITY)).min() > 1e-4
+    own_text = np.asarray(result.methods["own-text-ablation"].scores)
+    assert own_text[IDENTITY] == 0.0 and np.abs(np.delete(own_text, IDENTITY)).min() > 1e-4
+    assert not np.allclose(np.delete(own_text, IDENTITY), np.delete(ablation, IDENTITY))  # another text, another loss
+
+
+def test_own_text_ablation_is_the_lm_loss_on_the_models_own_samples(tiny) -> None:
+    """own-text-ablation: the mean token NLL of the model's seeded samples with the layer skipped, minus with every layer."""
+    from ollama_slim.slimming.finetune.general import teacher_corpus
+    from ollama_slim.slimming.importance.methods import OWN_TEXTS, ScoringContext, own_text_ablation
+
+    model, tokenizer, dataset = tiny
+    items = probe_examples(dataset, split="train", users=3)
+    evaluator = SubsetEvaluator(LayerRunner(model), build_probe(tokenizer, dataset, items))
+    got = own_text_ablation(ScoringContext(model=model, pairs=[], evaluator=evaluator, tokenizer=tokenizer, batch_size=16, seed=3))
+    ids = torch.tensor(teacher_corpus(model, tokenizer, texts=OWN_TEXTS, tokens=64, seed=3))
+
+    def loss(layers: list[int] | None) -> float:
+        with torch.no_grad(), layer_subset(model, layers):
+            logits = model(input_ids=ids).logits[:, :-1].float()
+        return float(-torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).mean())
+
+    full = loss(None)
+    assert got.extra["full_loss"] == pytest.approx(full, rel=1e-4)
+    for layer in (1, 4):
+        want = loss([i for i in range(6) if i != layer]) - full
+        assert got.scores[layer] == pytest.approx(want, rel=1e-3, abs=1e-5)
 
 
 def test_shapley_efficiency_and_standard_errors(identity_scores) -> None:

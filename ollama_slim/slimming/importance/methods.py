@@ -18,7 +18,8 @@ import torch
 
 from ollama_slim.models.families import decoder_layers
 from ollama_slim.models.lm import title_nll
-from ollama_slim.slimming.importance.probes import SubsetEvaluator
+from ollama_slim.slimming.bridges import OWN_TEXT_LENGTH
+from ollama_slim.slimming.importance.probes import SubsetEvaluator, pack_probe
 
 
 @dataclass
@@ -28,6 +29,7 @@ class ScoringContext:
     model: Any
     pairs: list[tuple[list[int], list[int]]]  # (prompt_ids, target_ids), train split
     evaluator: SubsetEvaluator
+    tokenizer: Any = None  # for scorers that sample the model's own text
     pad_id: int = 0
     shapley_permutations: int = 8
     batch_size: int = 8
@@ -173,17 +175,48 @@ def angular(ctx: ScoringContext) -> MethodScores:
     return MethodScores(scores=_cosines(ctx)[1])
 
 
+def _ablate(ctx: ScoringContext, evaluator: SubsetEvaluator, label: str) -> tuple[list[float], float]:
+    """``(loss(all but l) - loss(all) for each layer l, loss(all))`` on ``evaluator``'s probe, through its prefix cache."""
+    full = tuple(range(ctx.num_layers))
+    evaluator.cache.pin(full)
+    base = evaluator.loss(full)
+    scores = []
+    for i in full:
+        scores.append(evaluator.loss(full[:i] + full[i + 1 :]) - base)
+        ctx.say(f"{label} {i + 1}/{ctx.num_layers}")
+    return scores, base
+
+
 @register_method("ablation", "title-loss increase when the layer alone is skipped")
 def ablation(ctx: ScoringContext) -> MethodScores:
     """loss(all but l) - loss(all), evaluated through the prefix cache."""
-    full = tuple(range(ctx.num_layers))
-    ctx.evaluator.cache.pin(full)
-    base = ctx.evaluator.loss(full)
-    scores = []
-    for i in full:
-        scores.append(ctx.evaluator.loss(full[:i] + full[i + 1 :]) - base)
-        ctx.say(f"ablation {i + 1}/{ctx.num_layers}")
+    scores, base = _ablate(ctx, ctx.evaluator, "ablation")
     return MethodScores(scores=scores, extra={"full_loss": base})
+
+
+OWN_TEXTS = 64  # sequences of the model's own text `own-text-ablation` samples (64 tokens each, as the bridges' own-text share)
+
+
+def own_text_evaluator(ctx: ScoringContext) -> SubsetEvaluator:
+    """A subset evaluator whose rows are :data:`OWN_TEXTS` texts the model samples from its start
+    token (seeded; :func:`ollama_slim.slimming.finetune.general.teacher_corpus`): the start token as
+    the prompt, the sample as the one continuation, so its loss is the language-model loss on them."""
+    from ollama_slim.slimming.finetune.general import teacher_corpus
+
+    if ctx.tokenizer is None:
+        raise ValueError("own-text-ablation needs the scoring context's tokenizer")
+    texts = teacher_corpus(ctx.model, ctx.tokenizer, texts=OWN_TEXTS, tokens=OWN_TEXT_LENGTH, seed=ctx.seed)
+    dtype = ctx.evaluator.probe.batches[0].bias.dtype
+    probe = pack_probe(ctx.tokenizer, [(ids[:1], [ids[1:]]) for ids in texts], batch_size=ctx.batch_size, dtype=dtype)
+    return SubsetEvaluator(ctx.evaluator.runner, probe, max_bytes=ctx.evaluator.cache.max_bytes)
+
+
+@register_method("own-text-ablation", "loss increase on the model's own sampled text when the layer alone is skipped (what it does beyond the task)")
+def own_text_ablation(ctx: ScoringContext) -> MethodScores:
+    """loss(all but l) - loss(all) on the model's own text: the task's data plays no part, so fused
+    with ``ablation`` it keeps layers the model needs for everything else (other domains)."""
+    scores, base = _ablate(ctx, own_text_evaluator(ctx), "own-text ablation")
+    return MethodScores(scores=scores, extra={"full_loss": base, "texts": OWN_TEXTS, "tokens": OWN_TEXT_LENGTH})
 
 
 def shapley_contributions(evaluate: Callable[[tuple[int, ...]], float], *, num_layers: int, permutations: int, seed: int,

@@ -103,7 +103,7 @@ def calibration(config: ScoreConfig, net: Any, tokenizer: Any, dataset: Dataset,
     pairs = [encode_example(tokenizer, dataset, e, config.prompt) for e in items]
     probe = build_probe(tokenizer, dataset, items, prompt=config.prompt, batch_size=config.batch_size, dtype=torch_dtype(config.dtype))
     evaluator = SubsetEvaluator(LayerRunner(net), probe, max_bytes=config.cache_gb * 1e9)
-    return ScoringContext(model=net, pairs=pairs, evaluator=evaluator, pad_id=tokenizer.pad_token_id or 0, shapley_permutations=config.shapley_permutations,
+    return ScoringContext(model=net, pairs=pairs, evaluator=evaluator, tokenizer=tokenizer, pad_id=tokenizer.pad_token_id or 0, shapley_permutations=config.shapley_permutations,
                           batch_size=config.batch_size, seed=config.seed, progress=progress)
 
 
