@@ -39,6 +39,25 @@ def test_joint_regimes_equal_separate_scoring(bench, tiny_llama: Path, amazon_di
     assert not np.allclose(uniform[:, 1:], popular[:, 1:])  # other negatives
 
 
+def test_another_test_seed_scores_the_same_models_on_a_fresh_draw(bench, tiny_llama: Path, amazon_dir: Path, tmp_path: Path) -> None:
+    """``--test-seed S``: other test users and candidates, cached apart; the validation users stay; no new recipe."""
+    first = bench.parse_args(["--data", str(amazon_dir), "--test-users", "3", "--valid-users", "2", "--dtype", "float32"])
+    again = bench.parse_args([*map(str, ["--data", amazon_dir, "--test-users", 3, "--valid-users", 2, "--dtype", "float32"]), "--test-seed", "1"])
+    dataset = load_dataset(first.data)
+    users = {args.test_seed: [c.example.user for c in prepare_cases(dataset, bench.eval_config(args, split="test", regime="uniform"))] for args in (first, again)}
+    assert users[0] != users[1]
+    valid = [[c.example.user for c in prepare_cases(dataset, bench.eval_config(args, split="valid", regime="uniform"))] for args in (first, again)]
+    assert valid[0] == valid[1]
+    scores = {args.test_seed: bench.scores_of("tiny", tiny_llama, args, dataset, tmp_path) for args in (first, again)}
+    assert sorted(p.parent.name for p in tmp_path.glob("*/tiny.npz")) == ["scores", "scores-test-seed1"]
+    assert not np.allclose(scores[0]["test/uniform"], scores[1]["test/uniform"])
+    np.testing.assert_allclose(scores[0]["valid/uniform"], scores[1]["valid/uniform"], atol=1e-5)
+    np.testing.assert_allclose(bench.scores_of("tiny", tiny_llama, again, dataset, tmp_path)["test/uniform"], scores[1]["test/uniform"])  # from its cache
+    bench.check_work(first, tmp_path / "w")
+    bench.check_work(again, tmp_path / "w")  # the models a work directory holds are scored again, not refused
+    assert "(test seed 1)" in bench._seed(vars(again)) and bench._seed(vars(first)) == ""
+
+
 def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
     work = tmp_path / "q-work"
     bench.check_work(bench.parse_args(["--steps", "10"]), work)

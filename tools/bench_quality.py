@@ -60,6 +60,10 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--calib-own-text", action="store_true",
                    help="the original model's own text (sequences it samples, seeded) is one more share of --calib-tokens: every other domain, no other data set")
     p.add_argument("--test-users", type=int, default=500)
+    p.add_argument("--test-seed", type=int, default=0, metavar="S",
+                   help="seed of the test users' draw and their candidates (here and under --cross-data). Another seed scores the "
+                        "models a work directory already holds on a fresh draw, to confirm a recipe chosen on the first: nothing is "
+                        "retrained, the scores are cached apart (the chat asks of --generate-users keep the first draw)")
     p.add_argument("--valid-users", type=int, default=200,
                    help="users of the valid split scored to choose the log-popularity prior's weight (0: no prior columns, the test split only)")
     p.add_argument("--history", type=int, default=5)
@@ -321,9 +325,9 @@ def ships(key: str) -> bool:
 
 
 def eval_config(args: argparse.Namespace, *, split: str, regime: str) -> EvalConfig:
-    users = args.test_users if split == "test" else args.valid_users
+    users, seed = (args.test_users, args.test_seed) if split == "test" else (args.valid_users, 0)
     return EvalConfig(data=args.data, split=split, users=users, regime=regime, history=args.history, title_words=args.title_words,
-                      task_format=args.task_format, threads=args.threads)
+                      task_format=args.task_format, threads=args.threads, seed=seed)
 
 
 def _joint_cases(dataset, per_regime: list[list]) -> list:
@@ -403,7 +407,7 @@ def scores_of(key: str, model_dir: Path, args: argparse.Namespace, dataset, work
     """``{"<split>/<regime>": scores [U, 20]}`` of one model, a directory or a GGUF, on ``splits``
     (default :func:`scored_splits`; cached as .npz)."""
     splits = scored_splits(args) if splits is None else splits
-    cache = work / "scores" / f"{_file_key(key)}.npz"
+    cache = work / ("scores" if args.test_seed == 0 else f"scores-test-seed{args.test_seed}") / f"{_file_key(key)}.npz"
     if cache.is_file():
         return dict(np.load(cache))
     scorer = _scorer(model_dir, args)
@@ -520,12 +524,17 @@ def _cut_from(cfg: dict) -> str:
             " their healing adds to the reference's budget, not instead of it.")
 
 
+def _seed(cfg: dict) -> str:
+    """The test draw's seed when it is not the first (a confirming draw)."""
+    return f" (test seed {cfg['test_seed']})" if cfg.get("test_seed") else ""
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     kept = report["kept_layers"]
     prior = f"prior weight chosen on {cfg['valid_users']} validation users" if cfg["valid_users"] > 0 else "no prior columns (--valid-users 0)"
     lines = [f"# Quality: {cfg['model']} full vs keep {len(kept)} ({cfg['bridge']}; layers {','.join(map(str, kept))})", "",
-             f"{cfg['test_users']} test users, 1+19 candidates; {prior}. "
+             f"{cfg['test_users']} test users{_seed(cfg)}, 1+19 candidates; {prior}. "
              f"Healing: {'full fine-tuning' if cfg.get('full') else 'LoRA r' + str(cfg['lora_rank'])}, {cfg['steps']} steps x {cfg['batch_size']} examples, lr {cfg['lr']}, history {cfg['history']}, "
              f"titles cut to {cfg['title_words']} words, {_rank_recipe(cfg)}{_format(cfg)}, mixed precision {cfg['mixed_precision']}; "
              f"scored in {cfg['dtype']}. Retained = (slim - random) / (full fine-tuned - random) on NDCG@10.",
@@ -591,7 +600,7 @@ def check_work(args: argparse.Namespace, work: Path, *, defaults: dict | None = 
     ``--outtype`` and the chat answers of ``--generate-users`` are cached under names that hold
     them; nor is how often healing checkpoints, nor an
     option added since, while it is at its default)."""
-    scoring_only = ("out", "skip", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users", "also", "threads")
+    scoring_only = ("out", "skip", "test_seed", "report", "keeps", "keep_list", "measure", "cross_data", "cross_users", "outtype", "checkpoint_every", "generate_users", "also", "threads")
     recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in scoring_only}
     recipe_file = work / "recipe.json"
     if recipe_file.is_file():
