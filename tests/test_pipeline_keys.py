@@ -33,6 +33,7 @@ FEEDS: dict[str, set[str]] = {
     "steps": HEALING, "batch_size": HEALING, "lora_rank": HEALING, "lr": HEALING, "rank_negatives": HEALING, "rank_weight": HEALING, "rank_regimes": HEALING,
     "answers": HEALING, "popularity_debias": HEALING, "full": HEALING, "cf_answers": HEALING, "cf_share": HEALING, "cf_vocab": HEALING,
     "teacher": {"finetune"}, "listwise_weight": {"finetune"}, "distill_temperature": {"finetune"}, "align_weight": {"finetune"},  # the reference has no teacher
+    "general_weight": {"finetune"}, "general_texts": set(),  # the text count feeds healing only while the weight is on (test below)
     "outtype": {"export", "bench", "eval"},  # bench times the original exported at that outtype; eval asks it in chat
     "register": {"register"},
     "hf": {"resolve", "score", "select", "build", "finetune", "reference"},
@@ -60,7 +61,7 @@ def _other(name: str, value: Any, tmp_path: Path) -> Any:
     """A different value for field ``name`` of the right kind."""
     special = {"model": "qwen2.5:0.5b", "strategy": "backward", "outtype": "f16", "methods": ("angular",), "run_dir": tmp_path / "moved",
                "from_stage": "score", "name": "other-slim", "hf": str(tmp_path / "twin"), "task_format": "chat", "min_retained": 0.9,
-               "teacher": "none", "rank_regimes": ("uniform",), "popularity_debias": 0.5, "cf_share": 0.25}
+               "teacher": "none", "rank_regimes": ("uniform",), "popularity_debias": 0.5, "cf_share": 0.25, "general_weight": 12.0}
     if name in special:
         return special[name]
     if isinstance(value, bool):
@@ -89,6 +90,11 @@ def test_changing_an_option_reruns_exactly_the_stages_it_feeds(field: str, tmp_p
     changed = dataclasses.replace(base, **{field: _other(field, getattr(base, field), tmp_path)})
     expected = set() if field in OUTPUT_NEUTRAL else FEEDS[field] | {"report"}
     assert _changed_stages(base, changed) == expected
+
+
+def test_the_general_text_count_reruns_healing_while_the_general_weight_is_on(tmp_path: Path) -> None:
+    base = dataclasses.replace(_base(tmp_path), general_weight=12.0)
+    assert _changed_stages(base, dataclasses.replace(base, general_texts=base.general_texts * 2)) == {"finetune", "report"}
 
 
 def test_a_moved_run_keeps_its_keys(tmp_path: Path) -> None:

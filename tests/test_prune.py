@@ -48,7 +48,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, server, smollm2):
 
     cross = str(AMAZON) if (AMAZON / "interactions.tsv").is_file() else "movielens-100k"
     config = _config(run_dir, host=server.url, name="smollm2-slim", reference=True, cross_domain=cross, teacher="original", listwise_weight=1.0,
-                     align_weight=0.5, rank_negatives=2, rank_regimes=("uniform", "popularity"))
+                     align_weight=0.5, rank_negatives=2, rank_regimes=("uniform", "popularity"), general_weight=1.0, general_texts=4)
     os.environ["HF_TOKEN"] = SECRET  # must never reach a file of the run
     try:
         return config, prune(config)
@@ -74,7 +74,7 @@ def test_prune_end_to_end_registers_and_reports(finished_run, server) -> None:
     assert "| full model healed the same way (reference)" in report
     healing = json.loads((config.run_dir / "finetune.json").read_text())
     assert healing["teacher"]["forwards"] > 0  # distilled from the original (listwise KD, alignment)
-    assert "distilled from the original" in report
+    assert "distilled from the original" in report and "KL on 4 texts it wrote itself weight 1" in report
     assert not list(config.run_dir.glob("*.checkpoints")) and not (config.run_dir / "finetune").exists()  # healed: checkpoints dropped
     for path in config.run_dir.rglob("*"):
         if path.is_file() and path.suffix in {".json", ".md", ""}:
@@ -136,6 +136,10 @@ def test_bad_options_fail_fast_with_one_line(tmp_path: Path) -> None:
         (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--rank-negatives", "0"], "--listwise-weight needs candidates to rank"),
         (["prune", "smollm2:135m", "--keep", "10", "--rank-regimes", "uniform,zipf"], "zipf"),
         (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--align-weight", "-1"], "--align-weight must be 0 or more"),
+        (["prune", "smollm2:135m", "--keep", "10", "--general-weight", "12"], "--general-weight needs a teacher"),  # chat's recipe has none
+        (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--general-weight", "-1"], "--general-weight must be 0 or more"),
+        (["prune", "smollm2:135m", "--keep", "10", "--task-format", "completion", "--general-weight", "2", "--general-texts", "0"],
+         "--general-texts and --general-tokens must be positive"),
         (["prune", "smollm2:135m", "--keep", "10", "--select-data", f"movielens-100k,{tmp_path / 'no-such-data'}"], "no-such-data' not found"),
         (["prune", "smollm2:135m", "--keep", "10", "--cross-domain", "movielens-1m"], "data set 'movielens-1m' not found"),
     ]:
@@ -149,6 +153,7 @@ def test_the_slim_model_is_distilled_from_the_original_only_when_asked(tmp_path:
     from ollama_slim.pipeline.layout import RunLayout
     from ollama_slim.pipeline.runner import config_key
     from ollama_slim.pipeline.stages import _finetune_config, _reference_config
+    from ollama_slim.slimming.finetune.config import FinetuneConfig
 
     layout = RunLayout(tmp_path / "run")
     chat = _finetune_config(_config(tmp_path / "run"), layout)  # the default, chat: every weight, 8 answers, no teacher
@@ -163,6 +168,13 @@ def test_the_slim_model_is_distilled_from_the_original_only_when_asked(tmp_path:
     reference = _reference_config(_config(tmp_path / "run", teacher="original", listwise_weight=1.0, rank_negatives=4, reference=True), layout)
     assert reference.distill_from is None  # the full model is not taught by itself
     assert _finetune_config(_config(tmp_path / "run", task_format="completion", listwise_weight=0.0, align_weight=0.0), layout).distill_from is None  # no weight: nothing to distil
+    general = _finetune_config(_config(tmp_path / "run", task_format="completion", general_weight=12.0, general_texts=512), layout)
+    assert (general.distill_from, general.general_weight, general.general_texts, general.distill_listwise_weight) == ("smollm2:135m", 12.0, 512, 2.0)
+    alone = _finetune_config(_config(tmp_path / "run", task_format="completion", listwise_weight=0.0, align_weight=0.0, general_weight=5.0), layout)
+    assert (alone.distill_from, alone.general_weight) == ("smollm2:135m", 5.0)  # the general text alone is a teacher term too
+    assert (heal.general_weight, heal.general_texts) == (0.0, FinetuneConfig.general_texts)  # off: finetune's own default, as before
+    assert config_key(heal, root=layout.root) == config_key(  # the text count is no part of a healing that does not use it
+        _finetune_config(_config(tmp_path / "run", task_format="completion", general_texts=64), layout), root=layout.root)
     # the healing recipe is in the slim model's healing key, so a run healed the earlier way heals again
     assert config_key(heal, root=layout.root) != config_key(_finetune_config(_config(tmp_path / "run", teacher="none"), layout), root=layout.root)
 

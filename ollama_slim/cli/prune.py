@@ -106,6 +106,10 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
               help="With a teacher: temperature of both candidate distributions in the listwise KL.")
 @click.option("--align-weight", type=float, default=_DEFAULTS.align_weight, show_default=True,
               help="With a teacher: weight of the cosine pull of each kept layer's output toward the original's at the end of its gap.")
+@click.option("--general-weight", type=float, default=_DEFAULTS.general_weight, show_default=True, metavar="W",
+              help="With a teacher: weight of its per-token KL (and the alignment) on text it wrote itself, the knowledge the task's prompts "
+                   "do not carry: what keeps another domain (see --cross-domain; README, Cross-domain). 0: off.")
+@click.option("--general-texts", type=int, default=_DEFAULTS.general_texts, show_default=True, metavar="N", help="Texts of 64 tokens the teacher writes for --general-weight.")
 @click.option("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every, show_default=True, help="Healing checkpoint interval (steps); a rerun resumes from the last.")
 @click.option("--outtype", type=RegistryChoice(outtypes()), default=_DEFAULTS.outtype, show_default=True, help="GGUF tensor type.")
 @click.option("--register/--no-register", default=True, show_default=True, help="Register the slim model in Ollama (needs a server).")

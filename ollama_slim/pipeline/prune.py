@@ -69,9 +69,13 @@ def check_config(config: PruneConfig) -> None:
         raise UsageError(f"--teacher {config.teacher!r} is not known", hint=f"choose from {', '.join(TEACHERS)}")
     if config.teacher != "none" and config.listwise_weight > 0 and config.rank_negatives == 0:
         raise UsageError("--listwise-weight needs candidates to rank", hint="pass --rank-negatives K (e.g. 4), or --listwise-weight 0")
+    if not config.general_weight >= 0.0:
+        raise UsageError(f"--general-weight must be 0 or more, got {config.general_weight}", hint="0 turns it off")
+    if config.teacher == "none" and config.general_weight > 0:
+        raise UsageError("--general-weight needs a teacher to write the text and be matched on it", hint="pass --teacher original, or --general-weight 0")
     if config.steps > 0:  # healing's own checks (batch size, rank, ranking loss, weights), with its messages
         distill = dict(distill_from=config.model, distill_listwise_weight=config.listwise_weight, distill_temperature=config.distill_temperature,
-                       align_weight=config.align_weight) if config.distills() else {}
+                       align_weight=config.align_weight, general_weight=config.general_weight, general_texts=config.general_texts) if config.distills() else {}
         check_finetune(FinetuneConfig(model=config.model, data=config.data, steps=config.steps, lora_rank=config.lora_rank, lr=config.lr, batch_size=config.batch_size,
                                       checkpoint_every=config.checkpoint_every, rank_negatives=config.rank_negatives, rank_weight=config.rank_weight,
                                       rank_regimes=config.rank_regimes, answers=config.answers, popularity_debias=config.popularity_debias,

@@ -48,6 +48,8 @@ def _healing_terms(c: PruneConfig) -> dict[str, str]:
             parts.append(f"listwise KD weight {c.listwise_weight} at T {c.distill_temperature}")
         if c.align_weight > 0:
             parts.append(f"alignment at the gap ends weight {c.align_weight}")
+        if c.general_weight > 0:
+            parts.append(f"KL on {c.general_texts} texts it wrote itself weight {c.general_weight:g}")
         terms["teacher"] = "distilled from the original (" + ", ".join(parts) + ")"
     if c.eval_users:
         terms["holdout"] = f"the {c.eval_users} evaluated users held out"

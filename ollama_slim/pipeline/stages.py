@@ -91,8 +91,9 @@ def _finetune_config(c: PruneConfig, layout: RunLayout) -> FinetuneConfig:
     config = _healing(c, model=str(layout.compact_dir), hf=None, out=layout.healed_dir, run_dir=layout.root)
     if not c.distills():
         return config
+    general = dict(general_weight=c.general_weight, general_texts=c.general_texts) if c.general_weight > 0 else {}
     return replace(config, distill_from=c.model, distill_hf=c.hf, distill_weight=0.0, distill_listwise_weight=c.listwise_weight,
-                   distill_temperature=c.distill_temperature, align_weight=c.align_weight, align_at="gap-end")
+                   distill_temperature=c.distill_temperature, align_weight=c.align_weight, align_at="gap-end", **general)
 
 
 def recorded_healing(run: Path) -> FinetuneConfig:
