@@ -103,7 +103,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(finished_run, tmp_path
     config, _ = finished_run
     run_dir = tmp_path / "interrupted"
     shutil.copytree(config.run_dir, run_dir, ignore=shutil.ignore_patterns("healed*", "finetune.json", "*.gguf", "Modelfile", "eval_*", "report.md", "bench.json", "register.json"))
-    interrupted = _config(run_dir, register=False, **{k: getattr(config, k) for k in ("teacher", "listwise_weight", "align_weight", "rank_negatives", "rank_regimes")})
+    interrupted = _config(run_dir, register=False, **{k: getattr(config, k) for k in ("teacher", "listwise_weight", "align_weight", "rank_negatives", "rank_regimes",
+                                                                                 "general_weight", "general_texts")})
 
     def stop_after_checkpoint(message: str) -> None:
         if message.startswith("finetune: step 3/"):
