@@ -56,6 +56,10 @@ def test_another_test_seed_scores_the_same_models_on_a_fresh_draw(bench, tiny_ll
     bench.check_work(first, tmp_path / "w")
     bench.check_work(again, tmp_path / "w")  # the models a work directory holds are scored again, not refused
     assert "(test seed 1)" in bench._seed(vars(again)) and bench._seed(vars(first)) == ""
+    asks = {args.test_seed: bench.generation_config(bench.parse_args([*argv, "--generate-users", "3"])) for args, argv in
+            ((first, ["--data", str(amazon_dir)]), (again, ["--data", str(amazon_dir), "--test-seed", "1"]))}
+    asked = {seed: [c.example.user for c in prepare_cases(dataset, config.cases)] for seed, config in asks.items()}
+    assert asked[0] == users[0] and asked[1] == users[1]  # the chat asks follow the draw: the ranking's users
 
 
 def test_work_dir_of_another_recipe_is_refused(bench, tmp_path: Path) -> None:
@@ -347,5 +351,7 @@ def test_asking_in_chat_needs_a_gguf_and_reports_each_model(bench, capsys) -> No
     text = "\n".join(bench._generation_lines(generation))
     assert "| full fine-tuned (q8_0 GGUF, llama.cpp) | 0.900 [0.800, 1.000] | 0.700 [0.600, 0.800] | 0.100 [0.000, 0.200] | 0.500 | 0.200 |" in text
     assert "| 0.300 | - | 'C (2010)' x 3 |" in text
-    assert "| slim (q8_0 GGUF, llama.cpp) | 0.600 [0.500, 0.700] |" in text and "10 test users" in text
+    assert "| slim (q8_0 GGUF, llama.cpp) | 0.600 [0.500, 0.700] |" in text and "10 test users, greedy" in text
+    cfg["seed"] = 2  # a confirming draw says so
+    assert "## asked in chat (10 test users (test seed 2), greedy" in "\n".join(bench._generation_lines(generation))
     assert "Example 1, slim (q8_0 GGUF, llama.cpp) (own), user 7" in text and "-> C (2010)" in text and "'C'." in text

@@ -63,7 +63,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--test-seed", type=int, default=0, metavar="S",
                    help="seed of the test users' draw and their candidates (here and under --cross-data). Another seed scores the "
                         "models a work directory already holds on a fresh draw, to confirm a recipe chosen on the first: nothing is "
-                        "retrained, the scores are cached apart (the chat asks of --generate-users keep the first draw)")
+                        "retrained, the scores are cached apart (the chat asks of --generate-users are that draw's users too)")
     p.add_argument("--valid-users", type=int, default=200,
                    help="users of the valid split scored to choose the log-popularity prior's weight (0: no prior columns, the test split only)")
     p.add_argument("--history", type=int, default=5)
@@ -579,7 +579,7 @@ def _generation_lines(generation: dict) -> list[str]:
     from ollama_slim.recsys.generation import verdict
 
     first = next(iter(generation.values()))
-    lines = ["", f"## asked in chat ({first['users']} test users, greedy answers of <= {first['config']['max_tokens']} tokens through llama.cpp; "
+    lines = ["", f"## asked in chat ({first['users']} test users{_seed({'test_seed': first['config'].get('seed')})}, greedy answers of <= {first['config']['max_tokens']} tokens through llama.cpp; "
                  f"phrasings {', '.join(first['config']['phrasings'])})", "",
              "| model | a catalogue title | a title not listed | the target | distinct answers | distinct titles not listed | most common answer |",
              "| --- | --- | --- | --- | ---: | ---: | --- |"]
@@ -625,6 +625,15 @@ def cross_domain(args: argparse.Namespace, found: dict[str, Path], work: Path) -
     return {"data": args.cross_data, "test_users": there.test_users, "regimes": {regime: regime_report(regime, scores, there, dataset) for regime in REGIMES}}
 
 
+def generation_config(args: argparse.Namespace):
+    """The chat asks: ``--generate-users`` test users of ``--test-seed``'s draw, as the ranking's (the message is
+    the chat's own, a phrasing per user, so the task format does not enter)."""
+    from ollama_slim.recsys.generation import GenerationConfig
+
+    return GenerationConfig(cases=EvalConfig(data=args.data, split="test", users=args.generate_users, history=args.history,
+                                             title_words=args.title_words, threads=args.threads, seed=args.test_seed))
+
+
 def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Path], work: Path) -> dict | None:
     """``--generate-users`` test users asked in chat the way ``ollama run`` asks (each GGUF's template
     and the task's system message; greedy answers through llama.cpp): every GGUF row, and the full
@@ -633,12 +642,11 @@ def asked(args: argparse.Namespace, found: dict[str, Path], ggufs: dict[str, Pat
     if not args.generate_users:
         return None
     from ollama_slim.ollama.chat import GreedyChat
-    from ollama_slim.recsys.generation import CachedAnswers, GenerationConfig, evaluate_generation
+    from ollama_slim.recsys.generation import CachedAnswers, evaluate_generation
 
     targets = {f"{key} ({args.outtype} GGUF, llama.cpp)": export(args, Path(found[key]), work, name=_file_key(key))
                for key in ("zero-shot full", "full fine-tuned") if key in found}
-    config = GenerationConfig(cases=EvalConfig(data=args.data, split="test", users=args.generate_users, history=args.history,
-                                               title_words=args.title_words, threads=args.threads))  # the message is the chat's own (phrasings)
+    config = generation_config(args)
     every = max(1, min(100, args.generate_users // 4))  # a slow ask shows it is moving
     out = {}
     for key, gguf in (targets | ggufs).items():
